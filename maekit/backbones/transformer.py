@@ -1,0 +1,94 @@
+"""Transformer stacks for encoders and decoders, built from timm's `Block` (fused SDPA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class StackSize:
+    """Width, depth and heads of a transformer stack."""
+
+    width: int
+    depth: int
+    heads: int
+
+
+#: Named encoder sizes (ViT conventions); `nano` and `micro` are for tests and CPU demos.
+SIZES: dict[str, StackSize] = {
+    "nano": StackSize(64, 2, 2),
+    "micro": StackSize(128, 4, 4),
+    "tiny": StackSize(192, 12, 3),
+    "small": StackSize(384, 12, 6),
+    "base": StackSize(768, 12, 12),
+    "large": StackSize(1024, 24, 16),
+    "huge": StackSize(1280, 32, 16),
+}
+SizeName = Literal["nano", "micro", "tiny", "small", "base", "large", "huge"]
+
+
+class TransformerStack(nn.Module):
+    """Pre-norm transformer blocks with a final LayerNorm.
+
+    `valid` (B, N) bool marks tokens that may be attended to; None means all of them (and keeps
+    attention on the fastest fused kernel).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.width, self.depth, self.heads = width, depth, heads
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 0 else []
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
+                  norm_layer=nn.LayerNorm)
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(width)
+        self.apply(_init_weights)
+
+    @classmethod
+    def from_size(cls, size: SizeName, **kwargs: float) -> TransformerStack:
+        s = SIZES[size]
+        return cls(s.width, s.depth, s.heads, **kwargs)  # type: ignore[arg-type]
+
+    def forward(
+        self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = ()
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Run the blocks; with `collect` (1-based block numbers) also return those outputs."""
+        mask = None
+        if valid is not None:
+            # a sample with no valid token attends to all (its outputs are discarded anyway),
+            # so attention never sees an all-masked row and never returns NaN
+            mask = (valid | ~valid.any(1, keepdim=True))[:, None, None, :]
+        taken: list[Tensor] = []
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x, attn_mask=mask)
+            if i in collect:
+                taken.append(x)
+        x = self.norm(x)
+        return (x, taken) if collect else x
+
+
+def _init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,61 @@
+"""Per-band statistics of a dataset, in the physical units the adapter normalises."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maekit.errors import DataError
+
+
+def band_statistics(datamodule: Any, adapter: Any | None, max_files: int = 1000) -> dict[str, Any]:
+    """Mean and std of every band over valid pixels of (up to `max_files`) training chips.
+
+    Raw values are mapped with the adapter's per-band `scale`/`offset` when it has them, so the
+    numbers are what the adapter's `mean`/`std` expect. Accumulated in float64.
+    """
+    datamodule.setup("fit")
+    dataset = datamodule.datasets["train"]
+    bands = list(datamodule.bands)
+    scale = np.ones(len(bands))
+    offset = np.zeros(len(bands))
+    if adapter is not None and hasattr(adapter, "scale"):
+        index = [adapter.bands.index(b) for b in bands]
+        scale = adapter.scale.double().numpy()[index]
+        offset = adapter.offset.double().numpy()[index]
+    total = np.zeros(len(bands))
+    square = np.zeros(len(bands))
+    count = 0
+    step = max(1, len(dataset) // max_files)
+    files = 0
+    for i in range(0, len(dataset), step):
+        item = dataset[i]
+        image = item["image"].double().numpy()
+        valid = item["valid"].numpy() if "valid" in item else np.ones(image.shape[1:], dtype=bool)
+        pixels = image[:, valid] * scale[:, None] + offset[:, None]
+        total += pixels.sum(1)
+        square += (pixels**2).sum(1)
+        count += pixels.shape[1]
+        files += 1
+    if count == 0:
+        raise DataError(getattr(datamodule, "root", "?"), "no valid pixel to compute statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    return {"bands": bands, "mean": mean.tolist(), "std": std.tolist(), "pixels": count, "files": files}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so no half-written file is ever left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

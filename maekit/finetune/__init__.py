@@ -1,0 +1,6 @@
+"""Fine-tuning: heads and Lightning tasks that reuse a pretrained adapter + encoder."""
+
+from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
+from maekit.finetune.tasks import ClassificationTask, EncoderTask, SegmentationTask
+
+__all__ = ["ClassificationTask", "EncoderTask", "PooledClassifier", "SegmentationTask", "UpsamplingDecoder"]

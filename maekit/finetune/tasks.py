@@ -1,0 +1,235 @@
+"""Fine-tuning tasks: classification (linear probe or full fine-tune) and 2D segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import Tensor, nn
+
+from maekit.backbones import SIZES, SizeName, TransformerStack
+from maekit.errors import ConfigError
+from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
+from maekit.optim import build_adamw, param_groups, warmup_cosine
+from maekit.tokens import DomainAdapter, Tokens
+from maekit.weights import load_encoder
+
+
+class EncoderTask(L.LightningModule):
+    """A pretrained adapter + encoder with a task head; the common part of every task.
+
+    Args:
+        adapter: the domain adapter, configured as in pretraining.
+        size: encoder size, as in pretraining.
+        pretrained: checkpoint (Lightning `.ckpt`, `.pt`, `.safetensors`) to take the adapter and
+            encoder weights from; None trains from scratch.
+        freeze_encoder: train the head only (linear probing).
+        lr: peak learning rate of the head; encoder layers get `lr * layer_decay**depth`.
+        layer_decay: layer-wise lr decay (1 disables it).
+        drop_path: stochastic depth in the encoder.
+        weight_decay, betas, warmup_epochs: AdamW and schedule.
+    """
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        size: SizeName = "tiny",
+        pretrained: str | None = None,
+        freeze_encoder: bool = False,
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        drop_path: float = 0.1,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        spec = SIZES[size]
+        self.adapter = adapter
+        adapter.build(spec.width)
+        self.encoder = TransformerStack(spec.width, spec.depth, spec.heads,
+                                        drop_path=0.0 if freeze_encoder else drop_path)
+        self.width = spec.width
+        if pretrained:
+            load_encoder(self, pretrained)
+        if freeze_encoder:
+            for part in (self.adapter, self.encoder):
+                part.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        connect = getattr(self.adapter, "connect_datamodule", None)
+        if datamodule is not None and connect is not None:
+            connect(datamodule)
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.freeze_encoder:
+            self.adapter.eval()
+            self.encoder.eval()
+
+    def encode(self, batch: dict[str, Any]) -> tuple[Tokens, Tensor]:
+        """Tokens and (B, N, D) encoder features of every token (absent ones not attended to)."""
+        tokens = self.adapter.tokenize(batch)
+        with torch.set_grad_enabled(self.training and not self.hparams.freeze_encoder):
+            x = self.adapter.embed(tokens)
+            x = self.encoder(x, tokens.present if tokens.may_be_absent else None)
+        return tokens, x
+
+    def _layer_of(self, name: str) -> int:
+        depth = self.encoder.depth
+        if name.startswith("adapter."):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        return depth + 1
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        skip = {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
+        groups = param_groups(self, hp.weight_decay, skip, self._layer_of, self.encoder.depth + 1,
+                              hp.layer_decay)
+        optimizer = build_adamw(groups, hp.lr, tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ClassificationTask(EncoderTask):
+    """Image-level classification from mean-pooled token features.
+
+    Args:
+        num_classes: number of classes (checked against the datamodule's classes).
+        label_smoothing: cross-entropy label smoothing.
+        (the rest as in `EncoderTask`)
+    """
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        num_classes: int,
+        size: SizeName = "tiny",
+        pretrained: str | None = None,
+        freeze_encoder: bool = False,
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        drop_path: float = 0.1,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
+                         weight_decay, betas, warmup_epochs)
+        self.save_hyperparameters(ignore=["adapter"])
+        self.head = PooledClassifier(self.width, num_classes, probe=freeze_encoder)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        metrics = torchmetrics.MetricCollection({
+            "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
+            "f1": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro"),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        found = getattr(datamodule, "num_classes", None)
+        if found and found != self.hparams.num_classes:
+            raise ConfigError(f"the data has {found} classes ({getattr(datamodule, 'classes', '')}) but "
+                              f"model.num_classes is {self.hparams.num_classes}")
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        tokens, x = self.encode(batch)
+        return self.head(x, tokens.present)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metrics: torchmetrics.MetricCollection, stage: str) -> None:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["label"])
+        metrics.update(logits, batch["label"])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
+        self.log_dict(metrics, prog_bar=stage == "val", batch_size=logits.shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self(batch).softmax(-1)
+
+
+class SegmentationTask(EncoderTask):
+    """Dense 2D segmentation: tokens back on their grid, then a light upsampling decoder.
+
+    Args:
+        num_classes: number of classes.
+        ignore_index: label value excluded from loss and metrics (e.g. nodata).
+        (the rest as in `EncoderTask`; the adapter must have `to_grid` and a `patch_size`)
+    """
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        num_classes: int,
+        size: SizeName = "tiny",
+        pretrained: str | None = None,
+        freeze_encoder: bool = False,
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        drop_path: float = 0.1,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
+                         weight_decay, betas, warmup_epochs)
+        self.save_hyperparameters(ignore=["adapter"])
+        patch = getattr(adapter, "patch_size", None)
+        if not isinstance(patch, int):
+            raise ConfigError(f"{type(adapter).__name__} has no 2D patch size for segmentation")
+        self.head = UpsamplingDecoder(self.width, num_classes, patch)
+        self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        metrics = torchmetrics.MetricCollection({
+            "miou": torchmetrics.classification.MulticlassJaccardIndex(num_classes, ignore_index=ignore_index),
+            "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro",
+                                                                  ignore_index=ignore_index),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        tokens, x = self.encode(batch)
+        return self.head(self.adapter.to_grid(x, tokens))  # type: ignore[operator]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metrics: torchmetrics.MetricCollection, stage: str) -> None:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["mask"])
+        metrics.update(logits.argmax(1), batch["mask"])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
+        self.log_dict(metrics, prog_bar=stage == "val", batch_size=logits.shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self(batch).argmax(1)

@@ -1,0 +1,64 @@
+"""Optimiser set-up shared by pretraining and fine-tuning: AdamW groups, layer decay, schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_names: Iterable[str] = (),
+    layer_of: Callable[[str], int] | None = None,
+    num_layers: int = 0,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """AdamW parameter groups.
+
+    Biases, norm weights (any 1-D parameter) and the names in `no_decay_names` get no weight
+    decay. With `layer_of` and `layer_decay` < 1, a parameter at layer i (0 = embeddings,
+    `num_layers` = head) gets its lr scaled by `layer_decay ** (num_layers - i)` (layer-wise lr
+    decay, BEiT/MAE fine-tuning). Frozen parameters are left out.
+    """
+    skip = set(no_decay_names)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name in skip or name.endswith(".bias")
+        layer = layer_of(name) if layer_of is not None else num_layers
+        key = (layer, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (num_layers - layer),
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW over `groups`, fused on CUDA; each group's lr is `lr * lr_scale`."""
+    for group in groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=on_cuda or None)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then half-cosine down to `min_ratio` of it (stepped per batch)."""
+    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,80 @@
+"""Reconstruction figures: input / masked input / reconstruction, one row per sample."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maekit.pretrain.mae import MaskedAutoencoder
+
+
+@torch.no_grad()
+def reconstruction_images(mae: MaskedAutoencoder, batch: dict[str, Any], max_samples: int = 4
+                          ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(input, masked input, reconstruction) pictures (H, W, 3) in [0, 1] for a few samples.
+
+    The reconstruction shows the decoder's prediction at masked tokens pasted beside the
+    visible input; hidden areas of the masked input are grey, absent ones black.
+    """
+    was_training = mae.training
+    mae.eval()
+    try:
+        out = mae(batch)
+    finally:
+        mae.train(was_training)
+    adapter, tokens = mae.adapter, out.tokens
+    values = tokens.values.float()
+    predicted = adapter.values_from_prediction(out.pred, tokens)
+    shown = out.visible.mask[..., None]
+    recon_values = torch.where(shown, values, predicted)
+    native_input = adapter.untokenize(values, tokens)
+    native_recon = adapter.untokenize(recon_values, tokens)
+    mask_native = adapter.untokenize(shown.expand_as(values).float(), tokens)
+    present_native = adapter.untokenize(tokens.present[..., None].expand_as(values).float(), tokens)
+    # one picture per sample; hidden pixels are where no band of the mask is visible
+    images_in = adapter.to_image(native_input)
+    images_recon = adapter.to_image(native_recon, reference=native_input)
+    hidden = mask_native.amax(1) < 0.5
+    absent = present_native.amax(1) < 0.5
+    images_masked = images_in.clone()
+    images_masked[hidden] = 0.5
+    images_masked[absent] = 0.0
+    count = min(max_samples, images_in.shape[0])
+    return [(images_in[i].cpu(), images_masked[i].cpu(), images_recon[i].cpu()) for i in range(count)]
+
+
+def save_reconstruction_figure(mae: MaskedAutoencoder, batch: dict[str, Any], path: str | Path,
+                               title: str = "", max_samples: int = 4) -> Path:
+    """Write the figure of `reconstruction_images` as a PNG (atomically) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = reconstruction_images(mae, batch, max_samples)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+    for r, images in enumerate(rows):
+        for c, (image, name) in enumerate(zip(images, ("input", "masked input", "reconstruction"))):
+            axes[r][c].imshow(image.numpy())
+            axes[r][c].set_axis_off()
+            if r == 0:
+                axes[r][c].set_title(name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,106 @@
+"""The masked autoencoder: encoder on visible tokens, light decoder over every position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from maekit.backbones import SIZES, SizeName, TransformerStack
+from maekit.pretrain.masking import MaskGenerator, RandomMasking, Visible
+from maekit.tokens import DomainAdapter, Tokens
+
+
+@dataclass
+class MAEOutput:
+    """What one MAE pass produced, for the loss, metrics and figures."""
+
+    loss: Tensor  # scalar, mean over masked present tokens
+    per_token: Tensor  # (B, N) loss of every token (fp32)
+    pred: Tensor  # (B, N, P) decoder predictions (in target space)
+    tokens: Tokens
+    visible: Visible
+
+    @property
+    def scored(self) -> Tensor:
+        """(B, N) bool: tokens the loss is taken on (masked and present)."""
+        return self.tokens.present & ~self.visible.mask
+
+
+class MaskedAutoencoder(nn.Module):
+    """Domain adapter + transformer encoder + light decoder, as in He et al. (2022).
+
+    Args:
+        adapter: turns native batches into tokens and owns embeddings, targets and losses.
+        size: encoder size by name (see `maekit.backbones.SIZES`).
+        decoder_width, decoder_depth, decoder_heads: the decoder stack.
+        masking: which tokens stay visible; default random at 0.75.
+        drop_path: stochastic depth of the encoder.
+    """
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        size: SizeName = "tiny",
+        decoder_width: int = 128,
+        decoder_depth: int = 4,
+        decoder_heads: int = 4,
+        masking: MaskGenerator | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        spec = SIZES[size]
+        self.adapter = adapter
+        adapter.build(spec.width)
+        self.encoder = TransformerStack(spec.width, spec.depth, spec.heads, drop_path=drop_path)
+        self.masking = masking if masking is not None else RandomMasking(0.75)
+        self.decoder_embed = nn.Linear(spec.width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+        self.decoder_group = nn.Embedding(adapter.num_groups, decoder_width)
+        self.decoder = TransformerStack(decoder_width, decoder_depth, decoder_heads)
+        self.decoder_pred = nn.Linear(decoder_width, adapter.token_size)
+        nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.normal_(self.decoder_group.weight, std=0.02)
+        for layer in (self.decoder_embed, self.decoder_pred):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay (besides biases and norms)."""
+        names = {"mask_token", "decoder_group.weight"}
+        return names | {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
+
+    def forward_encoder(self, tokens: Tokens, visible: Visible) -> Tensor:
+        """(B, K, D) encoding of the visible tokens."""
+        x = self.adapter.embed(tokens)
+        x = torch.gather(x, 1, visible.index[..., None].expand(-1, -1, x.shape[-1]))
+        return self.encoder(x, visible.valid)
+
+    def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible) -> Tensor:
+        """(B, N, P) predictions for every position, visible or not, present or not."""
+        batch, num = tokens.present.shape
+        y = self.decoder_embed(latent)
+        mask_token = self.mask_token.to(y.dtype)
+        if visible.valid is not None:
+            y = torch.where(visible.valid[..., None], y, mask_token)
+        full = mask_token.expand(batch, num, -1).clone()
+        full = full.scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
+        position = self.adapter.encode_position(tokens.coords, full.shape[-1]).to(full.dtype)
+        full = full + position + self.decoder_group(tokens.group).to(full.dtype)
+        return self.decoder_pred(self.decoder(full))
+
+    def forward(self, batch: dict[str, Any], visible: Visible | None = None) -> MAEOutput:
+        """Tokenize, mask, encode, decode and score one batch."""
+        tokens = self.adapter.tokenize(batch)
+        if visible is None:
+            visible = self.masking(tokens)
+        pred = self.forward_decoder(self.forward_encoder(tokens, visible), tokens, visible)
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            pred32 = pred.float()
+            per_token = self.adapter.loss(pred32, self.adapter.target(tokens), tokens)
+            scored = (tokens.present & ~visible.mask).float()
+            # never NaN: a batch with nothing masked scores 0 (and gives zero gradients)
+            loss = (per_token * scored).sum() / scored.sum().clamp(min=1.0)
+        return MAEOutput(loss=loss, per_token=per_token, pred=pred32, tokens=tokens, visible=visible)

@@ -1,0 +1,126 @@
+"""The Lightning module that pretrains a `MaskedAutoencoder`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from maekit.backbones import SizeName
+from maekit.optim import build_adamw, param_groups, warmup_cosine
+from maekit.pretrain.figures import save_reconstruction_figure
+from maekit.pretrain.mae import MaskedAutoencoder
+from maekit.pretrain.masking import MaskGenerator
+from maekit.tokens import DomainAdapter
+
+
+class MAEPretrainModule(L.LightningModule):
+    """Masked-autoencoder pretraining for any domain adapter.
+
+    Args:
+        adapter: the domain adapter (bands, patch size, statistics...).
+        size: encoder size by name.
+        decoder_width, decoder_depth, decoder_heads: the light decoder.
+        masking: mask generator (default random 0.75).
+        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`.
+        lr: absolute learning rate, overriding `base_lr`.
+        weight_decay: AdamW decay (none on biases, norms, tokens, position tables).
+        betas: AdamW betas.
+        warmup_epochs: linear warm-up, then cosine decay per step.
+        figure_every_n_epochs: save a reconstruction PNG under the run directory every N epochs
+            (0 turns figures off).
+        compile: run the encoder and decoder through `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        size: SizeName = "tiny",
+        decoder_width: int = 128,
+        decoder_depth: int = 4,
+        decoder_heads: int = 4,
+        masking: MaskGenerator | None = None,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 1.0,
+        figure_every_n_epochs: int = 1,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["adapter", "masking"])
+        self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking)
+        if compile:
+            self.mae.encoder = torch.compile(self.mae.encoder)  # type: ignore[assignment]
+            self.mae.decoder = torch.compile(self.mae.decoder)  # type: ignore[assignment]
+        self._figure_batch: dict[str, Any] | None = None
+        self.last_figure: Path | None = None
+
+    @property
+    def adapter(self) -> DomainAdapter:
+        return self.mae.adapter
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        connect = getattr(self.adapter, "connect_datamodule", None)
+        if datamodule is not None and connect is not None:
+            connect(datamodule)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.mae(batch)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=out.tokens.batch_size)
+        if self._figure_batch is None:
+            self._figure_batch = _first(batch, 8)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.mae(batch)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.tokens.batch_size)
+        if batch_idx == 0:
+            self._figure_batch = _first(batch, 8)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.mae(batch)
+        self.log("test/loss", out.loss, sync_dist=True, batch_size=out.tokens.batch_size)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Reconstructions in the native layout, with the visible-token mask."""
+        out = self.mae(batch)
+        values = torch.where(out.visible.mask[..., None], out.tokens.values.float(),
+                             self.adapter.values_from_prediction(out.pred, out.tokens))
+        return {"reconstruction": self.adapter.untokenize(values, out.tokens),
+                "visible": out.visible.mask, "loss": out.per_token}
+
+    def on_train_epoch_end(self) -> None:
+        every = self.hparams.figure_every_n_epochs
+        if not every or (self.current_epoch + 1) % every or self._figure_batch is None:
+            return
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            path = run_dir / "reconstructions" / f"epoch_{self.current_epoch:04d}.png"
+            self.last_figure = save_reconstruction_figure(
+                self.mae, self._figure_batch, path, title=f"epoch {self.current_epoch}")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = hp.lr if hp.lr is not None else hp.base_lr * self._effective_batch_size() / 256
+        groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay())
+        optimizer = build_adamw(groups, lr, tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _effective_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_device = int(getattr(datamodule, "batch_size", 256))
+        return per_device * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+
+def _first(batch: dict[str, Any], count: int) -> dict[str, Any]:
+    """The first `count` samples of a batch, detached, for figures."""
+    return {k: (v[:count].detach() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -1,0 +1,115 @@
+"""The common currency of the kit: every domain turns its batches into `Tokens`.
+
+The shared engine (masking, encoder, decoder, losses) only ever sees `Tokens` and the
+`DomainAdapter` interface below, so it never imports a domain.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Tokens:
+    """A batch of tokens of one domain.
+
+    Attributes:
+        values: (B, N, P) raw content of each token (a patch's pixels, a point group's offsets...).
+        coords: (B, N, K) where each token sits, in the domain's own units.
+        group: (B, N) long, which band group / modality / body part a token belongs to.
+        present: (B, N) bool, False where the data does not exist (nodata, missing modality...).
+        grid: static shape of the token grid of one group, e.g. (rows, cols); lets an adapter
+            put tokens back in place without reading tensors on the host.
+        may_be_absent: static hint; False when the adapter knows every token is present, which
+            lets the encoder skip its attention mask.
+    """
+
+    values: Tensor
+    coords: Tensor
+    group: Tensor
+    present: Tensor
+    grid: tuple[int, ...] = ()
+    may_be_absent: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.values.shape[1]
+
+    def gather(self, index: Tensor) -> Tokens:
+        """Tokens at `index` (B, K), in that order (used to pick the visible tokens)."""
+
+        def take(t: Tensor) -> Tensor:
+            idx = index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+            return torch.gather(t, 1, idx)
+
+        return replace(
+            self,
+            values=take(self.values),
+            coords=take(self.coords),
+            group=take(self.group),
+            present=take(self.present),
+        )
+
+
+class DomainAdapter(nn.Module, ABC):
+    """Everything domain-specific between a native batch and the shared engine.
+
+    An adapter is built for an embedding width with `build(embed_dim)` (the engine calls it, so
+    configs name the width once, on the backbone).
+    """
+
+    #: number of distinct values of `Tokens.group` (band groups, modalities, body parts)
+    num_groups: int
+    #: P, the length of `Tokens.values` per token
+    token_size: int
+
+    @abstractmethod
+    def build(self, embed_dim: int) -> None:
+        """Create the embedding layers for width `embed_dim`."""
+
+    @abstractmethod
+    def tokenize(self, batch: dict[str, Any]) -> Tokens:
+        """Turn a native batch into tokens."""
+
+    @abstractmethod
+    def untokenize(self, values: Tensor, tokens: Tokens) -> Tensor:
+        """Put per-token `values` (B, N, P) back into the native layout of `tokens`."""
+
+    @abstractmethod
+    def embed(self, tokens: Tokens) -> Tensor:
+        """(B, N, D) content + position + group embedding of every token."""
+
+    @abstractmethod
+    def encode_position(self, coords: Tensor, dim: int) -> Tensor:
+        """(B, N, dim) fixed position code of `coords`, used by decoders of any width."""
+
+    @abstractmethod
+    def target(self, tokens: Tokens) -> Tensor:
+        """(B, N, P) what the decoder should predict for each token."""
+
+    @abstractmethod
+    def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
+        """(B, N) per-token loss, fp32."""
+
+    def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
+        """Map predictions back to token values (undo a per-token target normalisation, using
+        the true tokens' statistics as the MAE paper does for its figures)."""
+        return pred
+
+    def to_image(self, native: Tensor, reference: Tensor | None = None) -> Tensor:
+        """(B, H, W, 3) float in [0, 1] for figures, stretched like `reference` when given;
+        domains with pictures override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no picture form")
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (relative to the adapter) of parameters that take no weight decay."""
+        return set()

@@ -1,0 +1,105 @@
+"""Invariants of the mask generators: absent tokens are never visible, ratios are honoured."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from maekit.pretrain import BlockMasking, GroupDirichletMasking, MaskGenerator, RandomMasking
+from maekit.tokens import Tokens
+
+
+def grid_tokens(batch: int = 4, rows: int = 8, cols: int = 8, groups: int = 2, absent_p: float = 0.0,
+                seed: int = 0) -> Tokens:
+    g = torch.Generator().manual_seed(seed)
+    n = rows * cols * groups
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    coords = torch.stack([r.flatten(), c.flatten()], -1).float().repeat(groups, 1)
+    present = torch.rand(batch, n, generator=g) >= absent_p
+    return Tokens(values=torch.randn(batch, n, 5, generator=g), coords=coords.expand(batch, -1, -1),
+                  group=torch.arange(groups).repeat_interleave(rows * cols).expand(batch, -1),
+                  present=present, grid=(rows, cols), may_be_absent=absent_p > 0)
+
+
+MASKERS = [RandomMasking(0.75), BlockMasking(0.6, cell_size=2), GroupDirichletMasking(0.75, num_groups=2)]
+
+
+@pytest.mark.parametrize("masker", MASKERS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("absent_p", [0.0, 0.3, 0.9])
+def test_absent_tokens_are_never_visible(masker: MaskGenerator, absent_p: float) -> None:
+    torch.manual_seed(0)
+    tokens = grid_tokens(absent_p=absent_p)
+    vis = masker(tokens)
+    assert not (vis.mask & ~tokens.present).any()
+    # every valid slot holds a visible token, and every visible token has a valid slot
+    slot_visible = torch.gather(vis.mask, 1, vis.index)
+    valid = vis.valid if vis.valid is not None else torch.ones_like(slot_visible)
+    assert torch.equal(slot_visible, valid)
+    assert torch.equal(valid.sum(1), vis.mask.sum(1))
+
+
+@pytest.mark.parametrize("masker", MASKERS[:2], ids=lambda m: type(m).__name__)
+def test_mask_ratio_is_honoured_per_sample(masker: MaskGenerator) -> None:
+    torch.manual_seed(1)
+    tokens = grid_tokens(absent_p=0.4)
+    vis = masker(tokens)
+    expected = torch.floor((1 - masker.mask_ratio) * tokens.present.sum(1).float()).long().clamp(min=1)
+    assert torch.equal(vis.mask.sum(1), expected)
+    assert vis.index.shape[1] == math.floor((1 - masker.mask_ratio) * tokens.num_tokens)
+
+
+def test_all_present_batches_need_no_padding() -> None:
+    tokens = grid_tokens(absent_p=0.0)
+    vis = RandomMasking(0.75)(tokens)
+    assert vis.valid is None
+    assert vis.index.shape == (4, 32)
+    assert (vis.mask.sum(1) == 32).all()
+    assert all(len(set(row.tolist())) == 32 for row in vis.index)  # distinct tokens
+
+
+def test_masks_differ_between_samples_and_follow_the_seed() -> None:
+    tokens = grid_tokens()
+    torch.manual_seed(3)
+    a = RandomMasking(0.75)(tokens).mask
+    torch.manual_seed(3)
+    b = RandomMasking(0.75)(tokens).mask
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+
+
+def test_block_masking_hides_whole_cells() -> None:
+    torch.manual_seed(0)
+    tokens = grid_tokens(batch=8, rows=16, cols=16, groups=1)
+    vis = BlockMasking(0.5, cell_size=4)(tokens)
+    cells = (tokens.coords[0] // 4).long()
+    cell_id = cells[:, 0] * 4 + cells[:, 1]
+    for sample in vis.mask:
+        per_cell = torch.zeros(16).index_add_(0, cell_id, sample.float())
+        partial = ((per_cell > 0) & (per_cell < 16)).sum()
+        assert partial <= 2  # at most the cell(s) where the budget runs out
+    # random masking, by contrast, splits most cells
+    vis = RandomMasking(0.5)(tokens)
+    per_cell = torch.zeros(16).index_add_(0, cell_id, vis.mask[0].float())
+    assert ((per_cell > 0) & (per_cell < 16)).sum() > 8
+
+
+def test_dirichlet_split_gives_no_share_to_missing_groups() -> None:
+    torch.manual_seed(0)
+    tokens = grid_tokens(batch=16, groups=4)
+    tokens.present[:, 64:128] = False  # group 1 missing everywhere
+    tokens.present[:4, 128:] = False  # groups 2 and 3 missing in four samples
+    masker = GroupDirichletMasking(0.75, num_groups=4)
+    vis = masker(tokens)
+    assert not vis.mask[:, 64:128].any()
+    budget = masker.visible_budget(tokens.present)
+    assert (vis.mask.sum(1) <= budget).all()
+    assert (vis.mask.sum(1) >= budget - 4).all()  # floors lose at most one token per group
+    per_group = vis.mask.reshape(16, 4, 64).sum(2).float()
+    assert per_group[4:, [0, 2, 3]].std(0).gt(0).all()  # shares vary between samples
+
+
+def test_bad_ratio_is_refused() -> None:
+    with pytest.raises(ValueError, match="mask_ratio"):
+        RandomMasking(1.0)

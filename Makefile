@@ -1,0 +1,31 @@
+# maekit: `make demo` and `make test` set everything up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.maekit-installed
+# torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m maekit.demo --out demo_run
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/mae_step.py
+	$(PY) benchmarks/geotiff_chips.py
+
+clean:
+	rm -rf demo_run runs lightning_logs benchmarks/_data

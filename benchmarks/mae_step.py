@@ -1,0 +1,163 @@
+"""One MAE training step: maekit vs MONAI's MaskedAutoEncoderViT, interleaved in one process.
+
+Both models get the same configuration (image size, patch, widths, depths, heads, mask ratio,
+batch) and the same loss (MSE on masked patches); a step is forward + backward + AdamW.
+Also reports achieved FLOP/s against a plain matmul measured on the same machine.
+
+    python benchmarks/mae_step.py                     # CPU, ViT-Tiny-sized, batch 8
+    python benchmarks/mae_step.py --device cuda --size base --precision bf16 --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from maekit.backbones import SIZES
+from maekit.domains import MultispectralAdapter
+from maekit.pretrain import MaskedAutoencoder, RandomMasking
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_maekit(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
+    adapter = MultispectralAdapter(bands=[f"c{i}" for i in range(a.channels)],
+                                   groups=[[f"c{i}" for i in range(a.channels)]], patch_size=a.patch,
+                                   norm_pix_loss=False)
+    model = MaskedAutoencoder(adapter, a.size, a.decoder_width, a.decoder_depth, a.decoder_heads,
+                              RandomMasking(a.mask_ratio)).to(a.device)
+    if a.compile:
+        model.encoder = torch.compile(model.encoder)
+        model.decoder = torch.compile(model.decoder)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=a.device == "cuda" or None)
+
+    def step(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = model({"image": images}).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def build_monai(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
+    from monai.networks.nets import MaskedAutoEncoderViT
+
+    spec = SIZES[a.size]
+    model = MaskedAutoEncoderViT(
+        in_channels=a.channels, img_size=a.image, patch_size=a.patch, hidden_size=spec.width,
+        mlp_dim=4 * spec.width, num_layers=spec.depth, num_heads=spec.heads, masking_ratio=a.mask_ratio,
+        decoder_hidden_size=a.decoder_width, decoder_mlp_dim=4 * a.decoder_width,
+        decoder_num_layers=a.decoder_depth, decoder_num_heads=a.decoder_heads, spatial_dims=2,
+        qkv_bias=True).to(a.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=a.device == "cuda" or None)
+    p, c = a.patch, a.channels
+
+    def step(images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        target = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            pred, mask = model(images)
+        loss = (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def step_flops(step: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(images)
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: str, precision: str, n: int) -> float:
+    """FLOP/s of a plain n x n matmul in the benchmark's precision."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x = torch.randn(n, n, device=device, dtype=dtype)
+    y = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        x @ y
+    sync(device)
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        x @ y
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", default="tiny", choices=list(SIZES))
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--decoder-width", type=int, default=128)
+    p.add_argument("--decoder-depth", type=int, default=4)
+    p.add_argument("--decoder-heads", type=int, default=4)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="torch.compile maekit's stacks")
+    p.add_argument("--no-monai", action="store_true")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    images = torch.rand(a.batch, a.channels, a.image, a.image, device=a.device)
+    steps = {"maekit": build_maekit(a)}
+    if not a.no_monai:
+        steps["monai"] = build_monai(a)
+    flops = {name: step_flops(fn, images) for name, fn in steps.items()}
+    for _ in range(a.warmup):
+        for fn in steps.values():
+            fn(images)
+    sync(a.device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(a.steps):  # interleaved, so drifts in machine load hit both alike
+        for name, fn in steps.items():
+            sync(a.device)
+            t = time.perf_counter()
+            fn(images)
+            sync(a.device)
+            times[name].append(time.perf_counter() - t)
+    peak = matmul_rate(a.device, a.precision, 4096 if a.device == "cuda" else 1024)
+    result: dict[str, object] = {"config": {k: v for k, v in vars(a).items()}, "matmul_gflops": peak / 1e9}
+    print(f"device={a.device} size={a.size} precision={a.precision} batch={a.batch} image={a.image} "
+          f"patch={a.patch} decoder={a.decoder_width}x{a.decoder_depth} mask={a.mask_ratio}")
+    print(f"plain {a.precision} matmul: {peak / 1e9:.1f} GFLOP/s")
+    print("| model | median ms/step | images/s | GFLOP/step | achieved GFLOP/s | of matmul |")
+    print("|---|---|---|---|---|---|")
+    for name in steps:
+        med = statistics.median(times[name])
+        rate = flops[name] / med
+        result[name] = {"ms": med * 1e3, "images_per_s": a.batch / med, "gflop_per_step": flops[name] / 1e9,
+                        "gflops": rate / 1e9, "fraction_of_matmul": rate / peak}
+        print(f"| {name} | {med * 1e3:.1f} | {a.batch / med:.1f} | {flops[name] / 1e9:.1f} | {rate / 1e9:.1f} | "
+              f"{rate / peak:.1%} |")
+    if "monai" in steps:
+        ratio = statistics.median(times["monai"]) / statistics.median(times["maekit"])
+        result["speedup_vs_monai"] = ratio
+        print(f"maekit is {ratio:.2f}x the speed of MONAI MaskedAutoEncoderViT (median step time ratio)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

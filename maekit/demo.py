@@ -43,24 +43,26 @@ def probe(data: Path, out: Path, pretrained: str | None, name: str, epochs: int,
           freeze: bool = True) -> float:
     """Train a classifier on a small labelled subset; return validation accuracy."""
     L.seed_everything(0, verbose=False)
-    dm = ChipDataModule(str(data), preset="naip", task="classification", batch_size=32,
+    # the whole labelled subset is one batch: one optimiser step per epoch
+    dm = ChipDataModule(str(data), preset="naip", task="classification", batch_size=4 * labels_per_class,
                         labels_per_class=labels_per_class)
     task = ClassificationTask(_adapter(), num_classes=4, pretrained=pretrained, freeze_encoder=freeze,
                               lr=1e-2 if freeze else 1e-3, layer_decay=1.0 if freeze else 0.75,
                               drop_path=0.0 if freeze else 0.1, warmup_epochs=1, **MODEL)
-    trainer = _trainer(epochs, out, name, enable_checkpointing=False)
+    trainer = _trainer(epochs, out, name, enable_checkpointing=False, check_val_every_n_epoch=epochs,
+                       num_sanity_val_steps=0)
     trainer.fit(task, dm)
-    return float(trainer.validate(task, dm, verbose=False)[0]["val/acc"])
+    return float(trainer.callback_metrics["val/acc"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | str]:
     p = argparse.ArgumentParser(prog="python -m maekit.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_run", help="folder for data, logs, checkpoints and figures")
-    p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
+    p.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     p.add_argument("--per-class", type=int, default=200, help="generated training chips per class")
     p.add_argument("--labels-per-class", type=int, default=10, help="labelled chips per class for the probe")
-    p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--probe-epochs", type=int, default=60)
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
 
     L.seed_everything(0, verbose=False)
     dm = ChipDataModule(str(data), preset="naip", task="pretrain", batch_size=64)
-    mae = MAEPretrainModule(_adapter(), decoder_width=128, decoder_depth=2, decoder_heads=4, lr=1.5e-3,
+    mae = MAEPretrainModule(_adapter(), decoder_width=128, decoder_depth=2, decoder_heads=4, lr=2e-3,
                             warmup_epochs=2, figure_every_n_epochs=max(1, a.epochs // 3), **MODEL)
     trainer = _trainer(a.epochs, out, "pretrain")
     trainer.fit(mae, dm)

@@ -73,15 +73,13 @@ class MAEPretrainModule(L.LightningModule):
         out = self.mae(batch)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=out.tokens.batch_size)
-        if self._figure_batch is None:
+        if self._figure_batch is None:  # the first (shuffled) batch, kept so epochs compare
             self._figure_batch = _first(batch, 8)
         return out.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.mae(batch)
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.tokens.batch_size)
-        if batch_idx == 0:
-            self._figure_batch = _first(batch, 8)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.mae(batch)

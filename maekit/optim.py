@@ -43,11 +43,13 @@ def param_groups(
 
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW over `groups`, fused on CUDA; each group's lr is `lr * lr_scale`."""
+    """AdamW over `groups` with the fused kernel (CUDA and CPU, float params); each group's lr
+    is `lr * lr_scale`."""
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=on_cuda or None)
+    params = [p for g in groups for p in g["params"]]
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fusable or None)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

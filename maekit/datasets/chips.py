@@ -37,7 +37,7 @@ class ChipDataset(Dataset):
     """Chips with optional class labels or masks, as dicts of tensors.
 
     Items: `image` (C, H, W) stored dtype, `valid` (H, W) bool (when `with_valid`), `label`
-    (long scalar) for classification or (H, W) long mask for segmentation.
+    (long scalar) for classification or `mask` (H, W) long for segmentation, and `path`.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class ChipDataset(Dataset):
                 arrays = [a[..., ::-1] for a in arrays]
             if random.random() < 0.5:
                 arrays = [a[..., ::-1, :] for a in arrays]
-        item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(arrays[0]))}
+        item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(arrays[0])), "path": str(path)}
         if self.with_valid:
             item["valid"] = torch.from_numpy(np.ascontiguousarray(arrays[1][0]))
         if self.labels is not None:

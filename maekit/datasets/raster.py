@@ -152,3 +152,32 @@ def read_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence[str |
     if not chip.valid.any():
         raise DataError(path, "has no valid pixel (every pixel is nodata)")
     return chip
+
+
+def write_like(source: str | Path, array: np.ndarray, out: str | Path, nodata: float | None = None) -> Path:
+    """Write `array` (C, H, W) as a GeoTIFF on the grid of `source` (same CRS and transform),
+    through a temporary file so a failed write leaves nothing behind."""
+    import os
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with rasterio.open(source) as src:
+            crs, transform, size = src.crs, src.transform, (src.height, src.width)
+    except RasterioError:
+        crs, transform, size = None, None, array.shape[1:]
+    if tuple(array.shape[1:]) != tuple(size):
+        raise DataError(out, f"prediction is {array.shape[1]}x{array.shape[2]} but {source} is {size[0]}x{size[1]}")
+    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=out.parent)
+    os.close(fd)
+    try:
+        with rasterio.open(tmp, "w", driver="GTiff", height=array.shape[1], width=array.shape[2],
+                           count=array.shape[0], dtype=array.dtype.name, crs=crs, transform=transform,
+                           nodata=nodata, compress="deflate") as dst:
+            dst.write(array)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -60,6 +60,12 @@ class RandomWindowDataset(Dataset):
             self._handles[path] = rasterio.open(path)
         return self._handles[path]
 
+    def close(self) -> None:
+        """Close the open raster handles (they reopen on the next read)."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
     def __getstate__(self) -> dict[str, Any]:  # open handles do not cross process boundaries
         state = dict(self.__dict__)
         state["_handles"] = {}

@@ -101,6 +101,10 @@ class MultispectralAdapter(DomainAdapter):
         self.group_width = [len(g) * patch_size**2 for g in self.groups]
         self.token_size = max(self.group_width)
         self.group_band_index = [[self.bands.index(b) for b in g] for g in self.groups]
+        # groups whose bands are consecutive model bands are sliced, not gathered
+        self._group_slice = [(idx[0], len(idx)) if idx == list(range(idx[0], idx[0] + len(idx))) else None
+                             for idx in self.group_band_index]
+        self._uniform_width = all(w == self.token_size for w in self.group_width)
         width_mask = torch.zeros(self.num_groups, self.token_size)
         for g, w in enumerate(self.group_width):
             width_mask[g, :w] = 1.0
@@ -121,6 +125,7 @@ class MultispectralAdapter(DomainAdapter):
         if len(set(index)) != len(index):
             raise ConfigError(f"input bands repeat: {list(input_bands)}")
         self.input_bands = list(input_bands)
+        self._input_is_model_order = index == list(range(len(self.bands)))
         self.register_buffer("input_index", torch.tensor(index, dtype=torch.long, device=self.mean.device),
                              persistent=False)
         have = set(index)
@@ -160,8 +165,12 @@ class MultispectralAdapter(DomainAdapter):
             raise ConfigError(f"the batch has {image.shape[1]} bands but the adapter expects "
                               f"{len(self.input_bands)} ({self.input_bands})")
         idx = self.input_index
-        x = image.float() * self.scale[idx, None, None] + self.offset[idx, None, None]
-        x = (x - self.mean[idx, None, None]) / self.std[idx, None, None]
+        # one fused pass: ((raw * scale + offset) - mean) / std == raw * a + b
+        a = (self.scale / self.std)[idx, None, None]
+        b = ((self.offset - self.mean) / self.std)[idx, None, None]
+        x = torch.addcmul(b, image.float(), a)
+        if self._input_is_model_order:
+            return x
         full = x.new_zeros(x.shape[0], len(self.bands), *x.shape[2:])
         return full.index_copy(1, idx, x)
 
@@ -176,8 +185,12 @@ class MultispectralAdapter(DomainAdapter):
         patches = full.reshape(batch_size, len(self.bands), rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
         values = []
         for g in self.present_groups:
-            v = patches[:, :, :, self.group_band_index[g]].reshape(batch_size, rows * cols, -1)
-            values.append(nn.functional.pad(v, (0, self.token_size - v.shape[-1])))
+            where = self._group_slice[g]
+            v = patches.narrow(3, *where) if where else patches[:, :, :, self.group_band_index[g]]
+            v = v.reshape(batch_size, rows * cols, -1)
+            if v.shape[-1] < self.token_size:
+                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
+            values.append(v)
         num_groups = len(self.present_groups)
         device = image.device
         r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device),
@@ -191,7 +204,7 @@ class MultispectralAdapter(DomainAdapter):
             patch_ok = valid.reshape(batch_size, rows, p, cols, p).all(4).all(2).reshape(batch_size, -1)
             present = patch_ok.repeat(1, num_groups)
         return Tokens(
-            values=torch.cat(values, 1),
+            values=values[0] if len(values) == 1 else torch.cat(values, 1),
             coords=coords.expand(batch_size, -1, -1),
             group=group.expand(batch_size, -1),
             present=present,
@@ -239,30 +252,44 @@ class MultispectralAdapter(DomainAdapter):
         return sincos_embedding(coords, dim)
 
     # --------------------------------------------------------------------------- loss
-    def _token_stats(self, tokens: Tokens) -> tuple[Tensor, Tensor, Tensor]:
-        m = self.width_mask[tokens.group]
+    def _width_mask(self, tokens: Tokens) -> Tensor | None:
+        """(B, N, P) 1 where a token's values are real, 0 on padding; None if nothing is padded."""
+        return None if self._uniform_width else self.width_mask[tokens.group]
+
+    def _token_stats(self, tokens: Tokens) -> tuple[Tensor | None, Tensor, Tensor]:
+        m = self._width_mask(tokens)
         v = tokens.values.float()
+        if m is None:  # (torch.var_mean is several times slower on CPU)
+            mean = v.mean(-1, keepdim=True)
+            var = (v - mean).square().sum(-1, keepdim=True) / max(v.shape[-1] - 1, 1)
+            return None, mean, var
         count = m.sum(-1, keepdim=True)
         mean = (v * m).sum(-1, keepdim=True) / count
         var = (((v - mean) * m) ** 2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
         return m, mean, var
 
     def target(self, tokens: Tokens) -> Tensor:
-        m, mean, var = self._token_stats(tokens)
         if not self.norm_pix_loss:
-            return tokens.values.float() * m
-        return (tokens.values.float() - mean) / (var + 1e-6).sqrt() * m
+            m = self._width_mask(tokens)
+            return tokens.values.float() if m is None else tokens.values.float() * m
+        m, mean, var = self._token_stats(tokens)
+        t = (tokens.values.float() - mean) / (var + 1e-6).sqrt()
+        return t if m is None else t * m
 
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
-        m = self.width_mask[tokens.group]
         error = (pred - target).abs() if self.pixel_loss == "l1" else (pred - target) ** 2
+        m = self._width_mask(tokens)
+        if m is None:
+            return error.mean(-1)
         return (error * m).sum(-1) / m.sum(-1)
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
-        m, mean, var = self._token_stats(tokens)
-        if not self.norm_pix_loss:
-            return pred * m
-        return (pred * (var + 1e-6).sqrt() + mean) * m
+        if self.norm_pix_loss:
+            m, mean, var = self._token_stats(tokens)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        else:
+            m = self._width_mask(tokens)
+        return pred if m is None else pred * m
 
     # ------------------------------------------------------------------------ figures
     def to_image(self, native: Tensor, reference: Tensor | None = None) -> Tensor:

@@ -2,5 +2,6 @@
 
 from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
 from maekit.finetune.tasks import ClassificationTask, EncoderTask, SegmentationTask
+from maekit.finetune.writers import PredictionWriter
 
-__all__ = ["ClassificationTask", "EncoderTask", "PooledClassifier", "SegmentationTask", "UpsamplingDecoder"]
+__all__ = ["ClassificationTask", "EncoderTask", "PooledClassifier", "PredictionWriter", "SegmentationTask", "UpsamplingDecoder"]

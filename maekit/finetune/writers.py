@@ -1,0 +1,63 @@
+"""Writing `maekit predict` outputs: class probabilities as CSV, segmentation masks as GeoTIFF."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from maekit.datasets.raster import write_like
+from maekit.datasets.stats import write_text_atomic
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes predictions next to nothing it might overwrite half-way.
+
+    - (B, K) class probabilities -> `output_dir/predictions.csv` (path, class, probabilities),
+      written once at the end;
+    - (B, H, W) label maps -> `output_dir/<chip stem>_pred.tif` on the source chip's grid
+      (same CRS and transform), one atomic write per chip.
+
+    Args:
+        output_dir: folder for the outputs.
+    """
+
+    def __init__(self, output_dir: str = "predictions") -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self._rows: list[list[str]] = []
+        self._classes: list[str] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+        self._classes = list(getattr(trainer.datamodule, "classes", []) or [])
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> None:
+        paths = batch.get("path") or [f"sample_{batch_idx}_{i}" for i in range(len(prediction))]
+        if isinstance(prediction, torch.Tensor) and prediction.dim() == 2:
+            probs = prediction.float().cpu().numpy()
+            for path, p in zip(paths, probs):
+                k = int(p.argmax())
+                name = self._classes[k] if k < len(self._classes) else str(k)
+                self._rows.append([str(path), name, *(f"{v:.6f}" for v in p)])
+        elif isinstance(prediction, torch.Tensor) and prediction.dim() == 3:
+            for path, labels in zip(paths, prediction.cpu().numpy().astype(np.uint8)):
+                write_like(path, labels[None], self.output_dir / f"{Path(path).stem}_pred.tif")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._rows:
+            return
+        width = len(self._rows[0]) - 2
+        names = self._classes if len(self._classes) == width else [str(i) for i in range(width)]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "predicted", *(f"p_{n}" for n in names)])
+        writer.writerows(self._rows)
+        write_text_atomic(self.output_dir / "predictions.csv", buffer.getvalue())

@@ -121,6 +121,7 @@ EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maekit` console script."""
+    from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_overview())
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] in EXTRA_COMMANDS:
             return EXTRA_COMMANDS[argv[0]](argv[1:])
-        MaekitCLI(args=argv)
+        MaekitCLI(args=None if from_console else argv)  # Lightning reads sys.argv itself
     except MaekitError as err:
         print(f"maekit: error: {err}", file=sys.stderr)
         return 2

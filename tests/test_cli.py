@@ -192,3 +192,18 @@ def test_predict_writes_probabilities_csv_and_georeferenced_masks(
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
         assert out.read(1).max() < 4
     assert not list((tmp_path / "runs" / "naip_segment" / "predictions").glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("config,root_flag", [("pretrain_rasters.yaml", "--data.root"),
+                                              ("pretrain_torchgeo.yaml", "--data.paths")])
+def test_pretraining_on_whole_rasters(config: str, root_flag: str, tmp_path: Path) -> None:
+    from maekit.datasets.samples import make_large_raster
+
+    make_large_raster(tmp_path / "quads" / "m_3809701_ne_14_060_20190811.tif", size=256, tile=128)
+    assert main(["fit", "-c", str(CONFIGS / "naip" / config), root_flag, str(tmp_path / "quads"),
+                 "--data.size", "64", "--data.samples_per_epoch", "8", "--data.batch_size", "4",
+                 "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "16",
+                 "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2",
+                 *TINY_MODEL, *TINY_DECODER, *CPU_TRAINER, *run_dir(tmp_path, "raster")]) == 0
+    losses = epoch_losses(tmp_path / "runs" / "raster" / "version_0" / "metrics.csv", "val/loss")
+    assert losses and math.isfinite(losses[-1])

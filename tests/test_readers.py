@@ -153,7 +153,7 @@ def test_torchgeo_naip_with_geo_sampler(tmp_path: Path) -> None:
     from maekit.datasets import GeoSamplerDataModule
 
     make_large_raster(tmp_path / "m_3809701_ne_14_060_20190811.tif", size=256, tile=128)
-    dm = GeoSamplerDataModule(torchgeo.NAIP(paths=str(tmp_path)), size=64, samples_per_epoch=4, batch_size=2)
+    dm = GeoSamplerDataModule(dataset=torchgeo.NAIP(paths=str(tmp_path)), size=64, samples_per_epoch=4, batch_size=2)
     assert dm.bands == NAIP_BANDS
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 4, 64, 64) and batch["valid"].shape == (2, 64, 64)

@@ -41,8 +41,10 @@ class GeoSamplerDataModule(L.LightningDataModule):
     """A torchgeo `RasterDataset` sampled with `RandomGeoSampler` (train) / `GridGeoSampler` (val).
 
     Args:
-        dataset: a torchgeo raster dataset, e.g. `torchgeo.datasets.NAIP(paths=...)`; in YAML,
-            give `class_path: torchgeo.datasets.NAIP` and `init_args: {paths: DIR}`.
+        paths: files or folders for the dataset class (e.g. a folder of NAIP quads).
+        dataset_class: dotted path of a torchgeo `RasterDataset` subclass.
+        dataset_kwargs: further arguments of that class (`res`, `crs`, `bands`...).
+        dataset: an already built dataset (Python use); replaces the three above.
         bands: the dataset's band names in the order it returns them (default: its `bands`).
         size: patch edge in pixels.
         samples_per_epoch: random patches per training epoch.
@@ -50,15 +52,29 @@ class GeoSamplerDataModule(L.LightningDataModule):
         nodata: value marking missing pixels (torchgeo fills gaps with 0).
     """
 
-    def __init__(self, dataset: Any, bands: list[str] | None = None, size: int = 256,
-                 samples_per_epoch: int = 1000, val_stride: int | None = None, batch_size: int = 16,
-                 num_workers: int = 0, nodata: float | None = 0) -> None:
+    def __init__(self, paths: str | list[str] | None = None, dataset_class: str = "torchgeo.datasets.NAIP",
+                 dataset_kwargs: dict[str, Any] | None = None, dataset: Any = None,
+                 bands: list[str] | None = None, size: int = 256, samples_per_epoch: int = 1000,
+                 val_stride: int | None = None, batch_size: int = 16, num_workers: int = 0,
+                 nodata: float | None = 0) -> None:
         super().__init__()
+        if dataset is None and paths is None:
+            raise ConfigError("GeoSamplerDataModule needs `paths` (or a built `dataset`)")
+        self.paths, self.dataset_class = paths, dataset_class
+        self.dataset_kwargs = dict(dataset_kwargs or {})
         self.dataset = dataset
-        self.bands = list(bands) if bands is not None else list(getattr(dataset, "bands", []))
+        self.bands = list(bands) if bands is not None else None
         self.size, self.samples_per_epoch = size, samples_per_epoch
         self.val_stride = val_stride or size
         self.batch_size, self.num_workers, self.nodata = batch_size, num_workers, nodata
+        if dataset is not None:
+            self.setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = _import(self.dataset_class)(paths=self.paths, **self.dataset_kwargs)
+        if self.bands is None:
+            self.bands = list(getattr(self.dataset, "bands", []))
 
     def _loader(self, sampler: Any) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,

@@ -77,6 +77,33 @@ class EncoderTask(L.LightningModule):
             x = self.encoder(x, tokens.present if tokens.may_be_absent else None)
         return tokens, x
 
+    # -- steps shared by every task: subclasses set `target_key`, `criterion`, the metric
+    # collections and, if needed, `metric_input`
+    target_key = "label"
+
+    def metric_input(self, logits: Tensor) -> Tensor:
+        """What the metrics are updated with (logits, or a label map)."""
+        return logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch[self.target_key])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metrics: torchmetrics.MetricCollection, stage: str) -> None:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch[self.target_key])
+        metrics.update(self.metric_input(logits), batch[self.target_key])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
+        self.log_dict(metrics, prog_bar=stage == "val", batch_size=logits.shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
     def _layer_of(self, name: str) -> int:
         depth = self.encoder.depth
         if name.startswith("adapter."):
@@ -145,25 +172,6 @@ class ClassificationTask(EncoderTask):
         tokens, x = self.encode(batch)
         return self.head(x, tokens.present)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch)
-        loss = self.criterion(logits.float(), batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
-
-    def _evaluate(self, batch: dict[str, Any], metrics: torchmetrics.MetricCollection, stage: str) -> None:
-        logits = self(batch)
-        loss = self.criterion(logits.float(), batch["label"])
-        metrics.update(logits, batch["label"])
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
-        self.log_dict(metrics, prog_bar=stage == "val", batch_size=logits.shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self(batch).softmax(-1)
 
@@ -212,24 +220,10 @@ class SegmentationTask(EncoderTask):
         tokens, x = self.encode(batch)
         return self.head(self.adapter.to_grid(x, tokens))  # type: ignore[operator]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch)
-        loss = self.criterion(logits.float(), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+    target_key = "mask"
 
-    def _evaluate(self, batch: dict[str, Any], metrics: torchmetrics.MetricCollection, stage: str) -> None:
-        logits = self(batch)
-        loss = self.criterion(logits.float(), batch["mask"])
-        metrics.update(logits.argmax(1), batch["mask"])
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
-        self.log_dict(metrics, prog_bar=stage == "val", batch_size=logits.shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+    def metric_input(self, logits: Tensor) -> Tensor:
+        return logits.argmax(1)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self(batch).argmax(1)

@@ -121,3 +121,24 @@ def test_l1_loss_option() -> None:
     target = adapter.target(tokens)
     per_token = adapter.loss(target + 0.5, target, tokens)
     assert torch.allclose(per_token, torch.full_like(per_token, 0.5))
+
+
+@pytest.mark.parametrize("with_nodata", [False, True])
+def test_training_step_traces_as_one_graph(with_nodata: bool) -> None:
+    """fullgraph tracing fails on any host sync (.item(), data-dependent shapes, boolean
+    indexing), so this pins the no-sync rule of the performance guide."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    mae = small_mae()
+    batch = naip_batch()
+    if not with_nodata:
+        del batch["valid"]
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mae(b).loss
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    loss = compiled(batch)
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -1,0 +1,89 @@
+"""Optimiser grouping, layer-wise lr decay, pretrained loading and repeatable training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from maekit.datasets import ChipDataModule
+from maekit.domains import MultispectralAdapter
+from maekit.errors import DataError
+from maekit.finetune import ClassificationTask
+from maekit.optim import param_groups, warmup_cosine
+from maekit.pretrain import MAEPretrainModule
+
+
+def tiny_task(**kwargs: object) -> ClassificationTask:
+    return ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=4, size="nano",
+                              **kwargs)  # type: ignore[arg-type]
+
+
+def test_layer_decay_scales_lr_by_depth_and_skips_decay_on_norms() -> None:
+    task = tiny_task(layer_decay=0.5)
+    depth = task.encoder.depth
+    groups = param_groups(task, 0.05, {"adapter.group_embed.weight"}, task._layer_of, depth + 1, 0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(task.named_parameters())
+    assert scale_of[id(named["head.fc.weight"])] == 1.0
+    assert scale_of[id(named[f"encoder.blocks.{depth - 1}.mlp.fc1.weight"])] == 0.5
+    assert scale_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.5**depth
+    assert scale_of[id(named["adapter.patch_embed.0.weight"])] == 0.5 ** (depth + 1)
+    assert decay_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.05
+    for name in ("encoder.blocks.0.norm1.weight", "encoder.blocks.0.mlp.fc1.bias", "adapter.group_embed.weight"):
+        assert decay_of[id(named[name])] == 0.0
+
+
+def test_linear_probe_optimises_only_the_head() -> None:
+    task = tiny_task(freeze_encoder=True)
+    groups = param_groups(task, 0.05)
+    params = {id(p) for g in groups for p in g["params"]}
+    assert params == {id(p) for p in task.head.parameters() if p.requires_grad}
+
+
+def test_warmup_then_cosine() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 0.05
+
+
+def test_pretrained_weights_of_another_size_are_refused(tmp_path: Path) -> None:
+    mae = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8), size="nano")
+    path = tmp_path / "nano.ckpt"
+    torch.save({"state_dict": mae.state_dict()}, path)
+    task = tiny_task(pretrained=str(path))  # same size: loads
+    assert torch.equal(task.encoder.blocks[0].attn.qkv.weight, mae.mae.encoder.blocks[0].attn.qkv.weight)
+    with pytest.raises(DataError, match=r"nano\.ckpt: does not fit this model"):
+        ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=4, size="micro",
+                           pretrained=str(path))
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"junk\.ckpt: cannot be loaded safely"):
+        tiny_task(pretrained=str(tmp_path / "junk.ckpt"))
+
+
+def _pretrain_once(root: Path, out: Path) -> dict[str, torch.Tensor]:
+    L.seed_everything(7, workers=True)
+    dm = ChipDataModule(str(root), task="pretrain", batch_size=8)
+    model = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=8),
+                              size="nano", decoder_width=32, decoder_depth=1, decoder_heads=2,
+                              figure_every_n_epochs=0)
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=out, deterministic=True).fit(model, dm)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_runs_with_the_same_seed_are_identical(naip_chips: Path, tmp_path: Path) -> None:
+    a = _pretrain_once(naip_chips, tmp_path / "a")
+    b = _pretrain_once(naip_chips, tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "mae.adapter.pos_table.table" in a

@@ -1,0 +1,282 @@
+"""Shared machinery of adapters for data on a regular 2D or 3D grid of channels.
+
+Channels (bands, modalities) are grouped; each patch of each group is one token, and each group
+has its own patch projection. Subclasses decide how raw channels become normalised floats
+(`prepare`) and which groups a sample has (`group_presence`); everything else (patchify and
+its inverse, embeddings, norm-pix targets and per-token losses, back-to-grid features) is here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from maekit.backbones import LearnedPositionTable, sincos_embedding
+from maekit.errors import ConfigError
+from maekit.tokens import DomainAdapter, Tokens
+
+
+class PatchGridAdapter(DomainAdapter):
+    """Grouped channels on a `spatial_dims`-D grid, cut into `patch_size`-edged patches.
+
+    Args:
+        channels: the model's channel names, in order.
+        groups: channel groups; one token per group per patch.
+        patch_size: patch edge in pixels/voxels.
+        spatial_dims: 2 (images) or 3 (volumes).
+        input_channels: the channels the data delivers, in order (default: all).
+        norm_pix_loss: normalise each token's target by its own mean/std (MAE).
+        loss: 'mse' or 'l1' per value.
+        position: 'sincos' (any size) or 'learned' (a table of `max_grid` positions per axis).
+        max_grid: positions per axis of the learned table.
+    """
+
+    channel_kind = "channel"
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        groups: Sequence[Sequence[str]],
+        patch_size: int,
+        spatial_dims: int,
+        input_channels: Sequence[str] | None = None,
+        norm_pix_loss: bool = True,
+        loss: Literal["mse", "l1"] = "mse",
+        position: Literal["sincos", "learned"] = "sincos",
+        max_grid: int = 64,
+    ) -> None:
+        super().__init__()
+        self.channels = list(channels)
+        if not self.channels:
+            raise ConfigError(f"no {self.channel_kind}s given")
+        if len(set(self.channels)) != len(self.channels):
+            raise ConfigError(f"{self.channel_kind} names repeat: {self.channels}")
+        self.groups = [list(g) for g in groups]
+        for name in (c for g in self.groups for c in g):
+            self._channel_index(name, "groups")
+        if sorted(c for g in self.groups for c in g) != sorted(self.channels):
+            raise ConfigError(f"groups {self.groups} must cover every {self.channel_kind} of {self.channels} "
+                              "exactly once")
+        self.patch_size, self.spatial_dims = patch_size, spatial_dims
+        self.norm_pix_loss, self.pixel_loss = norm_pix_loss, loss
+        self.position, self.max_grid = position, max_grid
+        self.num_groups = len(self.groups)
+        self.group_index = [[self.channels.index(c) for c in g] for g in self.groups]
+        self.group_width = [len(g) * patch_size**spatial_dims for g in self.groups]
+        self.token_size = max(self.group_width)
+        # groups whose channels are consecutive are sliced, not gathered
+        self._group_slice = [(idx[0], len(idx)) if idx == list(range(idx[0], idx[0] + len(idx))) else None
+                             for idx in self.group_index]
+        self._uniform_width = all(w == self.token_size for w in self.group_width)
+        width_mask = torch.zeros(self.num_groups, self.token_size)
+        for g, w in enumerate(self.group_width):
+            width_mask[g, :w] = 1.0
+        self.register_buffer("width_mask", width_mask, persistent=False)
+        self.input_channels: list[str] = []
+        self.set_input_channels(input_channels if input_channels is not None else self.channels)
+        self.embed_dim = 0
+
+    # ----------------------------------------------------------------------------- set-up
+    def _channel_index(self, name: str, where: str) -> int:
+        if name not in self.channels:
+            raise ConfigError(f"unknown {self.channel_kind} {name!r} in {where}; the model's "
+                              f"{self.channel_kind}s are {self.channels}")
+        return self.channels.index(name)
+
+    def set_input_channels(self, input_channels: Sequence[str]) -> None:
+        """Declare which channels (and in which order) the data delivers."""
+        index = [self._channel_index(c, f"input {self.channel_kind}s") for c in input_channels]
+        if len(set(index)) != len(index):
+            raise ConfigError(f"input {self.channel_kind}s repeat: {list(input_channels)}")
+        self.input_channels = list(input_channels)
+        self._input_is_model_order = index == list(range(len(self.channels)))
+        device = self.width_mask.device
+        self.register_buffer("input_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
+        have = set(index)
+        self.present_groups = [g for g, idx in enumerate(self.group_index) if have & set(idx)]
+        partial = [self.groups[g] for g in self.present_groups if not set(self.group_index[g]) <= have]
+        if partial:
+            warnings.warn(f"groups {partial} are only partly in the input {self.channel_kind}s "
+                          f"{list(input_channels)}; missing ones are filled with 0 (their mean)", stacklevel=2)
+
+    def connect_datamodule(self, datamodule: Any) -> None:
+        """Take the input channels from a datamodule that names them (called in `setup`)."""
+        names = getattr(datamodule, self.datamodule_attribute, None)
+        if names is not None and list(names) != self.input_channels:
+            self.set_input_channels(list(names))
+
+    #: the datamodule attribute naming the channels it delivers
+    datamodule_attribute = "channels"
+
+    def build(self, embed_dim: int) -> None:
+        self.embed_dim = embed_dim
+        self.patch_embed = nn.ModuleList(nn.Linear(w, embed_dim) for w in self.group_width)
+        self.group_embed = nn.Embedding(self.num_groups, embed_dim)
+        nn.init.normal_(self.group_embed.weight, std=0.02)
+        for layer in self.patch_embed:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if self.position == "learned":
+            self.pos_table = LearnedPositionTable((self.max_grid,) * self.spatial_dims, embed_dim)
+
+    def no_weight_decay(self) -> set[str]:
+        names = {"group_embed.weight"}
+        if self.position == "learned":
+            names.add("pos_table.table")
+        return names
+
+    # ----------------------------------------------------------------- domain hooks
+    def prepare(self, batch: dict[str, Any]) -> Tensor:
+        """(B, C_model, *spatial) normalised floats; channels the data lacks are 0."""
+        raise NotImplementedError
+
+    def group_presence(self, batch: dict[str, Any]) -> Tensor | None:
+        """(B, len(present_groups)) bool: which groups each sample has; None if all."""
+        return None
+
+    def scatter_input(self, x: Tensor) -> Tensor:
+        """(B, C_in, ...) in input order -> (B, C_model, ...) in model order, missing channels 0."""
+        if x.shape[1] != len(self.input_channels):
+            raise ConfigError(f"the batch has {x.shape[1]} {self.channel_kind}s but the adapter expects "
+                              f"{len(self.input_channels)} ({self.input_channels})")
+        if self._input_is_model_order:
+            return x
+        full = x.new_zeros(x.shape[0], len(self.channels), *x.shape[2:])
+        return full.index_copy(1, self.input_index, x)
+
+    # ------------------------------------------------------------------------- tokens
+    def tokenize(self, batch: dict[str, Any]) -> Tokens:
+        full = self.prepare(batch)
+        batch_size, spatial = full.shape[0], tuple(full.shape[2:])
+        p, dims = self.patch_size, self.spatial_dims
+        if len(spatial) != dims:
+            raise ConfigError(f"expected {dims}-D data of shape (B, C, {'D, ' if dims == 3 else ''}H, W), "
+                              f"got {tuple(full.shape)}")
+        if any(s % p for s in spatial):
+            raise ConfigError(f"size {'x'.join(map(str, spatial))} is not a multiple of the patch size {p}")
+        grid = tuple(s // p for s in spatial)
+        num = math.prod(grid)
+        # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...)
+        split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
+        order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]
+        patches = full.reshape(split).permute(order)
+        values = []
+        for g in self.present_groups:
+            where = self._group_slice[g]
+            v = patches.narrow(1 + dims, *where) if where else patches[(slice(None),) * (1 + dims) + (self.group_index[g],)]
+            v = v.reshape(batch_size, num, -1)
+            if v.shape[-1] < self.token_size:
+                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
+            values.append(v)
+        groups_here = len(self.present_groups)
+        device = full.device
+        axes = torch.meshgrid(*[torch.arange(n, device=device) for n in grid], indexing="ij")
+        coords = torch.stack([a.flatten() for a in axes], -1).float().repeat(groups_here, 1)
+        group = torch.tensor(self.present_groups, device=device).repeat_interleave(num)
+        present = torch.ones(batch_size, num * groups_here, dtype=torch.bool, device=device)
+        valid = batch.get("valid")
+        if valid is not None:  # per-pixel validity: a patch is present when all its pixels are
+            v = valid.reshape([batch_size] + [x for n in grid for x in (n, p)])
+            for axis in range(dims):
+                v = v.all(2 + axis)
+            present = present & v.reshape(batch_size, num).repeat(1, groups_here)
+        has_group = self.group_presence(batch)
+        if has_group is not None:
+            present = present & has_group.repeat_interleave(num, dim=1)
+        return Tokens(
+            values=values[0] if len(values) == 1 else torch.cat(values, 1),
+            coords=coords.expand(batch_size, -1, -1),
+            group=group.expand(batch_size, -1),
+            present=present,
+            grid=grid,
+            may_be_absent=valid is not None or has_group is not None,
+        )
+
+    def untokenize(self, values: Tensor, tokens: Tokens) -> Tensor:
+        """(B, N, P) -> (B, C_model, *spatial); channels of groups without tokens are 0."""
+        grid, p, dims = tokens.grid, self.patch_size, self.spatial_dims
+        batch_size, num = values.shape[0], math.prod(grid)
+        out = values.new_zeros(batch_size, len(self.channels), *(n * p for n in grid))
+        # (B, n1, n2, ..., c, p, p, ...) -> (B, c, n1, p, n2, p, ...)
+        order = [0, 1 + dims] + [v for i in range(dims) for v in (1 + i, 2 + dims + i)]
+        for slot, g in enumerate(self.present_groups):
+            idx = self.group_index[g]
+            v = values[:, slot * num:(slot + 1) * num, : self.group_width[g]]
+            v = v.reshape([batch_size, *grid, len(idx)] + [p] * dims).permute(order)
+            out[:, idx] = v.reshape(batch_size, len(idx), *(n * p for n in grid))
+        return out
+
+    def to_grid(self, features: Tensor, tokens: Tokens) -> Tensor:
+        """(B, N, D) token features -> (B, D, *grid), averaged over the present groups."""
+        batch_size, num = features.shape[0], math.prod(tokens.grid)
+        groups_here = len(self.present_groups)
+        f = features.reshape(batch_size, groups_here, num, -1)
+        w = tokens.present.reshape(batch_size, groups_here, num, 1).to(f.dtype)
+        mean = (f * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return mean.transpose(1, 2).reshape(batch_size, -1, *tokens.grid)
+
+    # ---------------------------------------------------------------------- embedding
+    def embed(self, tokens: Tokens) -> Tensor:
+        num = math.prod(tokens.grid)
+        parts = [self.patch_embed[g](tokens.values[:, slot * num:(slot + 1) * num, : self.group_width[g]])
+                 for slot, g in enumerate(self.present_groups)]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        pos = self.pos_table(tokens.coords) if self.position == "learned" else self.encode_position(tokens.coords, x.shape[-1])
+        return x + pos.to(x.dtype) + self.group_embed(tokens.group).to(x.dtype)
+
+    def encode_position(self, coords: Tensor, dim: int) -> Tensor:
+        return sincos_embedding(coords, dim)
+
+    # --------------------------------------------------------------------------- loss
+    def _width_mask(self, tokens: Tokens) -> Tensor | None:
+        """(B, N, P) 1 where a token's values are real, 0 on padding; None if nothing is padded."""
+        return None if self._uniform_width else self.width_mask[tokens.group]
+
+    def _token_stats(self, tokens: Tokens) -> tuple[Tensor | None, Tensor, Tensor]:
+        m = self._width_mask(tokens)
+        v = tokens.values.float()
+        if m is None:  # (torch.var_mean is several times slower on CPU)
+            mean = v.mean(-1, keepdim=True)
+            var = (v - mean).square().sum(-1, keepdim=True) / max(v.shape[-1] - 1, 1)
+            return None, mean, var
+        count = m.sum(-1, keepdim=True)
+        mean = (v * m).sum(-1, keepdim=True) / count
+        var = (((v - mean) * m) ** 2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+        return m, mean, var
+
+    def target(self, tokens: Tokens) -> Tensor:
+        if not self.norm_pix_loss:
+            m = self._width_mask(tokens)
+            return tokens.values.float() if m is None else tokens.values.float() * m
+        m, mean, var = self._token_stats(tokens)
+        t = (tokens.values.float() - mean) / (var + 1e-6).sqrt()
+        return t if m is None else t * m
+
+    def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
+        error = (pred - target).abs() if self.pixel_loss == "l1" else (pred - target) ** 2
+        m = self._width_mask(tokens)
+        if m is None:
+            return error.mean(-1)
+        return (error * m).sum(-1) / m.sum(-1)
+
+    def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
+        if self.norm_pix_loss:
+            m, mean, var = self._token_stats(tokens)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        else:
+            m = self._width_mask(tokens)
+        return pred if m is None else pred * m
+
+    # ------------------------------------------------------------------------ figures
+    @staticmethod
+    def stretch(x: Tensor, reference: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, H, W, C) in [0, 1] by the 2-98 % range of `reference` per image."""
+        flat = reference.float().flatten(2)
+        lo = flat.quantile(0.02, dim=-1)[..., None, None]
+        hi = flat.quantile(0.98, dim=-1)[..., None, None]
+        return ((x.float() - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1).permute(0, 2, 3, 1)

@@ -105,10 +105,21 @@ class DomainAdapter(nn.Module, ABC):
         the true tokens' statistics as the MAE paper does for its figures)."""
         return pred
 
-    def to_image(self, native: Tensor, reference: Tensor | None = None) -> Tensor:
-        """(B, H, W, 3) float in [0, 1] for figures, stretched like `reference` when given;
-        domains with pictures override this."""
+    def picture(self, native: Tensor) -> Tensor:
+        """(B, H, W, K) values of `native` laid out as a picture (bands to show, a slice of a
+        volume...), unscaled; domains with pictures override this."""
         raise NotImplementedError(f"{type(self).__name__} has no picture form")
+
+    def to_image(self, native: Tensor, reference: Tensor | None = None) -> Tensor:
+        """(B, H, W, 3) in [0, 1] for figures: `picture`, stretched per image and channel to the
+        2-98 % range of `reference` (default: itself)."""
+        x = self.picture(native).float()
+        ref = self.picture(reference).float() if reference is not None else x
+        flat = ref.flatten(1, 2)  # (B, HW, K)
+        lo = flat.quantile(0.02, dim=1)[:, None, None]
+        hi = flat.quantile(0.98, dim=1)[:, None, None]
+        x = ((x - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+        return x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x[..., :3]
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to the adapter) of parameters that take no weight decay."""

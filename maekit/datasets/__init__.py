@@ -2,12 +2,13 @@
 
 from maekit.datasets.bands import PRESETS, BandPreset, get_preset
 from maekit.datasets.chips import ChipDataModule, ChipDataset
+from maekit.datasets.medical import VolumeDataModule, VolumeDataset, find_cases, load_case
 from maekit.datasets.raster import Chip, read_chip, read_raster
 from maekit.datasets.torchgeo_interop import GeoSamplerDataModule, TorchGeoClassificationDataModule
 from maekit.datasets.windows import RandomWindowDataset, RasterDataModule
 
 __all__ = [
     "PRESETS", "BandPreset", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
-    "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "get_preset",
+    "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "VolumeDataModule", "VolumeDataset", "find_cases", "get_preset", "load_case",
     "read_chip", "read_raster",
 ]

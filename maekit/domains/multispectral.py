@@ -116,11 +116,10 @@ class MultispectralAdapter(PatchGridAdapter):
     def prepare(self, batch: dict[str, Any]) -> Tensor:
         return self.normalize(batch["image"])
 
-    def to_image(self, native: Tensor, reference: Tensor | None = None) -> Tensor:
-        """(B, C_model, H, W) normalised -> (B, H, W, 3) in [0, 1], 2-98 % stretch per image."""
+    def picture(self, native: Tensor) -> Tensor:
+        """(B, C_model, H, W) -> (B, H, W, 3): the display bands (`rgb`) that the input has."""
         have = set(self.input_channels)
         shown = [b for b in self.rgb if b in have] or self.input_channels[:3]
         shown = (shown * 3)[:3] if len(shown) < 3 else shown
         idx = torch.tensor([self.channels.index(b) for b in shown], device=native.device)
-        ref = reference if reference is not None else native
-        return self.stretch(native[:, idx], ref[:, idx])
+        return native[:, idx].permute(0, 2, 3, 1)

@@ -271,12 +271,3 @@ class PatchGridAdapter(DomainAdapter):
         else:
             m = self._width_mask(tokens)
         return pred if m is None else pred * m
-
-    # ------------------------------------------------------------------------ figures
-    @staticmethod
-    def stretch(x: Tensor, reference: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, H, W, C) in [0, 1] by the 2-98 % range of `reference` per image."""
-        flat = reference.float().flatten(2)
-        lo = flat.quantile(0.02, dim=-1)[..., None, None]
-        hi = flat.quantile(0.98, dim=-1)[..., None, None]
-        return ((x.float() - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1).permute(0, 2, 3, 1)

@@ -35,11 +35,11 @@ def reconstruction_images(mae: MaskedAutoencoder, batch: dict[str, Any], max_sam
     native_recon = adapter.untokenize(recon_values, tokens)
     mask_native = adapter.untokenize(shown.expand_as(values).float(), tokens)
     present_native = adapter.untokenize(tokens.present[..., None].expand_as(values).float(), tokens)
-    # one picture per sample; hidden pixels are where no band of the mask is visible
+    # one picture per sample; hidden pixels are where nothing shown in the picture is visible
     images_in = adapter.to_image(native_input)
     images_recon = adapter.to_image(native_recon, reference=native_input)
-    hidden = mask_native.amax(1) < 0.5
-    absent = present_native.amax(1) < 0.5
+    hidden = adapter.picture(mask_native).amax(-1) < 0.5
+    absent = adapter.picture(present_native).amax(-1) < 0.5
     images_masked = images_in.clone()
     images_masked[hidden] = 0.5
     images_masked[absent] = 0.0

@@ -1,0 +1,68 @@
+"""The 3D volume adapter: multimodal MRI with missing modalities, and the MAE on top of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maekit.domains import VolumeAdapter
+from maekit.pretrain import GroupDirichletMasking, MaskedAutoencoder
+
+
+def mri_batch(batch: int = 2, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    present = torch.tensor([[True, True, True, True], [False, True, False, True]])[:batch]
+    return {"image": torch.randn(batch, 4, size, size, size, generator=g), "modality_present": present}
+
+
+def test_volume_round_trip_and_modality_presence() -> None:
+    adapter = VolumeAdapter(patch_size=8)
+    batch = mri_batch()
+    tokens = adapter.tokenize(batch)
+    assert tokens.grid == (2, 2, 2) and tokens.values.shape == (2, 4 * 8, 512)
+    assert torch.allclose(adapter.untokenize(tokens.values, tokens), batch["image"])
+    per_modality = tokens.present.reshape(2, 4, 8)
+    assert per_modality[0].all()
+    assert per_modality[1].all(1).tolist() == [False, True, False, True]
+    assert not per_modality[1, [0, 2]].any()
+    assert tokens.may_be_absent
+
+
+def test_subset_of_modalities_keeps_the_model_layout() -> None:
+    adapter = VolumeAdapter(patch_size=8, input_modalities=["t1ce", "flair"])
+    batch = {"image": torch.randn(1, 2, 16, 16, 16), "modality_present": torch.tensor([[True, False]])}
+    tokens = adapter.tokenize(batch)
+    assert sorted(tokens.group[0].unique().tolist()) == [1, 3]
+    assert tokens.present.reshape(1, 2, 8)[0].all(1).tolist() == [True, False]
+    back = adapter.untokenize(tokens.values, tokens)
+    assert torch.allclose(back[:, [1, 3]], batch["image"]) and back[:, [0, 2]].abs().sum() == 0
+
+
+def test_missing_modalities_never_visible_and_loss_finite() -> None:
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(VolumeAdapter(patch_size=8), size="nano", decoder_width=32, decoder_depth=1,
+                            decoder_heads=2, masking=GroupDirichletMasking(0.75, num_groups=4))
+    batch = mri_batch()
+    out = mae(batch)
+    assert not (out.visible.mask & ~out.tokens.present).any()
+    assert not (out.scored & ~out.tokens.present).any()
+    assert torch.isfinite(out.loss)
+    # a case with a single present modality still trains (no NaN), as does a fully absent one
+    batch["modality_present"] = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    out = mae(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # the decoder still predicts every position, missing modalities included
+    assert out.pred.shape == (2, 32, 512) and torch.isfinite(out.pred).all()
+
+
+def test_ct_single_channel_and_errors() -> None:
+    adapter = VolumeAdapter(modalities=["ct"], patch_size=4)
+    tokens = adapter.tokenize({"image": torch.randn(1, 1, 8, 12, 16)})
+    assert tokens.grid == (2, 3, 4) and not tokens.may_be_absent
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        adapter.tokenize({"image": torch.randn(1, 1, 8, 12, 15)})
+    with pytest.raises(ValueError, match="expected 3-D data"):
+        adapter.tokenize({"image": torch.randn(1, 1, 8, 12)})
+    with pytest.raises(ValueError, match="unknown modality 'pet'"):
+        VolumeAdapter(modalities=["ct"], input_modalities=["pet"])

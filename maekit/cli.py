@@ -110,7 +110,7 @@ def cmd_stats(argv: list[str]) -> int:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if a.out:
-        from maekit.datasets.stats import write_text_atomic
+        from maekit.files import write_text_atomic
 
         write_text_atomic(Path(a.out), text)
     return 0

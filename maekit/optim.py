@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,21 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> to
     params = [p for g in groups for p in g["params"]]
     fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fusable or None)
+
+
+def lightning_schedule(trainer: Any, optimizer: torch.optim.Optimizer, warmup_epochs: float) -> dict[str, Any]:
+    """Warm-up + cosine over the whole run of a Lightning `trainer`, stepped per optimiser step.
+
+    Works with `max_epochs` or `max_steps`: steps per epoch come from the training loader.
+    """
+    total = max(1, int(trainer.estimated_stepping_batches))
+    batches = trainer.num_training_batches
+    if batches == float("inf"):  # a max_steps run has not sized its loader yet
+        trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+    per_epoch = total if batches == float("inf") else max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+    scheduler = warmup_cosine(optimizer, int(warmup_epochs * per_epoch), total)
+    return {"scheduler": scheduler, "interval": "step"}
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

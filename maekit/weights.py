@@ -5,6 +5,7 @@ Only safe formats: safetensors, or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The `adapter.*` and `encoder.*` entries of a pretraining or fine-tuning state dict."""
+    state = {k.replace("._orig_mod.", "."): v for k, v in state.items()}  # torch.compile'd stacks
     for prefix in _PREFIXES:
         picked = {k[len(prefix):]: v for k, v in state.items()
                   if k.startswith(prefix) and k[len(prefix):].startswith(_PARTS)}
@@ -53,7 +55,9 @@ def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
     """Load adapter + encoder weights from `path` into `module` (which has `.adapter` and
-    `.encoder`). Shapes must match; returns the names of module parameters the file lacked.
+    `.encoder`). Shapes must match. Weights the file lacks keep their fresh initialisation and
+    are named in a warning; statistics buffers (band mean/std...) that differ from the
+    configured ones are taken from the file, with a warning. Returns the missing names.
     """
     state = encoder_state(read_state_dict(path))
     if not state:
@@ -67,5 +71,13 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
         raise DataError(path, f"does not fit this model (is the encoder size / adapter the same as in "
                               f"pretraining?): {detail}")
     missing = sorted(set(own) - set(state))
+    if missing:
+        warnings.warn(f"{path}: has no weights for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; "
+                      "they keep their fresh initialisation", stacklevel=2)
+    buffers = {name for name, _ in module.named_buffers()}
+    replaced = [k for k, v in state.items() if k in buffers and not torch.equal(v.to(own[k].dtype), own[k])]
+    if replaced:
+        warnings.warn(f"{path}: uses its own {', '.join(replaced)} (the values it was trained with) instead of "
+                      "the configured ones", stacklevel=2)
     module.load_state_dict(state, strict=False)
     return missing

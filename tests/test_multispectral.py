@@ -25,7 +25,9 @@ def test_tokenize_untokenize_round_trip() -> None:
     assert tokens.values.shape == (3, 2 * 16, 3 * 64)  # groups [R,G,B] and [NIR], 4x4 patches
     assert tokens.grid == (4, 4)
     back = adapter.untokenize(tokens.values, tokens)
-    assert torch.allclose(back, adapter.normalize(batch["image"]), atol=1e-6)
+    valid = batch["valid"][:, None].expand_as(back)
+    assert torch.allclose(back[valid], adapter.normalize(batch["image"])[valid], atol=1e-6)
+    assert (back[~valid] == 0).all()  # nodata values never reach the model
     # nodata corner: patches (0,0), (0,1), (1,0), (1,1) touch it, in both groups
     absent = ~tokens.present[0].reshape(2, 4, 4)
     assert absent[:, :2, :2].all() and absent.sum() == 8
@@ -142,3 +144,25 @@ def test_training_step_traces_as_one_graph(with_nodata: bool) -> None:
     loss = compiled(batch)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_nan_nodata_keeps_loss_and_logits_finite() -> None:
+    from maekit.finetune import ClassificationTask
+
+    adapter = MultispectralAdapter(bands=["a", "b"], patch_size=8)
+    image = torch.rand(2, 2, 16, 16)
+    image[0, :, :8, :8] = float("nan")
+    batch = {"image": image, "valid": ~torch.isnan(image).any(1)}
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(adapter, size="nano", decoder_width=32, decoder_depth=1, decoder_heads=2)
+    out = mae(batch)
+    assert torch.isfinite(out.loss) and torch.isfinite(out.pred).all()
+    task = ClassificationTask(MultispectralAdapter(bands=["a", "b"], patch_size=8), num_classes=3, size="nano")
+    assert torch.isfinite(task(batch)).all()
+
+
+def test_learned_positions_refuse_grids_larger_than_the_table() -> None:
+    adapter = MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=4)
+    adapter.tokenize(naip_batch(size=32))  # 4x4 fits
+    with pytest.raises(ConfigError, match="does not fit the learned position table"):
+        adapter.tokenize(naip_batch(size=40))

@@ -197,3 +197,39 @@ def test_real_sentinel2_13_bands_windowed() -> None:
 def test_real_aerial_rgb_reads() -> None:
     chip = read_chip(REAL_RS / "hro_colorado_aerial_rgb_15cm.tif", ["R", "G", "B"])
     assert chip.image.shape[0] == 3 and chip.valid.any()
+
+
+def test_errors_in_loader_workers_keep_their_file_and_type(tmp_path: Path) -> None:
+    from maekit.datasets import ChipDataset
+
+    path = write_tif(tmp_path / "three.tif", np.ones((3, 8, 8), np.uint8))
+    loader = torch.utils.data.DataLoader(ChipDataset([path], NAIP_BANDS), num_workers=1)
+    with pytest.raises(DataError) as info:
+        next(iter(loader))
+    assert info.value.path == str(path) and info.value.problem.startswith("has 3 bands")
+
+
+def test_corrupt_npz_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match=r"cut\.npz: cannot be read as a numpy array"):
+        read_chip(bad, ["a"])
+
+
+def test_windows_differ_between_ranks_and_repeat_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_large_raster(tmp_path / "big.tif", size=512, tile=128)
+
+    def first_window(rank: int) -> torch.Tensor:
+        monkeypatch.setenv("RANK", str(rank))
+        torch.manual_seed(0)
+        return RandomWindowDataset([path], NAIP_BANDS, None, size=32, length=4)[0]["image"]
+
+    assert torch.equal(first_window(0), first_window(0))
+    assert not torch.equal(first_window(0), first_window(1))
+
+
+def test_train_folder_without_val_folder_is_split(naip_chips: Path, tmp_path: Path) -> None:
+    shutil.copytree(naip_chips / "train", tmp_path / "train")
+    dm = ChipDataModule(str(tmp_path), task="classification", val_fraction=0.25)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 18 and len(dm.datasets["val"]) == 6

@@ -87,3 +87,28 @@ def test_runs_with_the_same_seed_are_identical(naip_chips: Path, tmp_path: Path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "mae.adapter.pos_table.table" in a
+
+
+def test_warmup_follows_steps_per_epoch_with_max_steps(naip_chips: Path, tmp_path: Path) -> None:
+    dm = ChipDataModule(str(naip_chips), task="pretrain", batch_size=8)  # 3 batches per epoch
+    model = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8), size="nano", decoder_width=32,
+                              decoder_depth=1, decoder_heads=2, lr=1e-3, warmup_epochs=1, figure_every_n_epochs=0)
+    trainer = L.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    lrs = [scheduler.lr_lambdas[0](step) for step in range(12)]
+    assert lrs[2] == pytest.approx(1.0)  # warm-up over the 3 steps of one epoch
+    assert lrs[11] < 0.1  # then cosine down
+
+
+def test_loading_warns_about_missing_weights_and_accepts_compiled_checkpoints(tmp_path: Path) -> None:
+    mae = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8), size="nano")
+    state = {k.replace("mae.encoder.", "mae.encoder._orig_mod."): v for k, v in mae.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "compiled.ckpt")
+    task = tiny_task(pretrained=str(tmp_path / "compiled.ckpt"))
+    assert torch.equal(task.encoder.norm.weight, mae.mae.encoder.norm.weight)
+    encoder_only = {k: v for k, v in mae.state_dict().items() if k.startswith("mae.encoder.")}
+    torch.save({"state_dict": encoder_only}, tmp_path / "encoder_only.ckpt")
+    with pytest.warns(UserWarning, match="has no weights for adapter"):
+        tiny_task(pretrained=str(tmp_path / "encoder_only.ckpt"))

@@ -35,8 +35,8 @@ def sincos_embedding(coords: Tensor, dim: int, temperature: float = 10000.0) -> 
 class LearnedPositionTable(nn.Module):
     """A learned embedding per integer grid position, the alternative to sin-cos.
 
-    Coordinates are integer indices on a fixed grid (e.g. patch row/col); positions outside the
-    grid are an error of the caller (checked in `forward` only when not compiling).
+    Coordinates are integer indices on a fixed grid (e.g. patch row/col); callers check that their
+    grid fits (positions outside it would alias), as `PatchGridAdapter` does.
     """
 
     def __init__(self, grid: tuple[int, ...], dim: int) -> None:

@@ -221,8 +221,8 @@ class ChipDataModule(L.LightningDataModule):
         if splits is not None:
             for name, folder in splits.items():
                 parts[name] = self._collect(folder)
-        else:
-            files, labels, masks = self._collect(self.root)
+        if "val" not in parts:  # no val folder: a seeded share of the training files
+            files, labels, masks = parts.pop("train") if "train" in parts else self._collect(self.root)
             order = list(range(len(files)))
             random.Random(self.seed).shuffle(order)
             n_val = int(round(self.val_fraction * len(files)))

@@ -7,6 +7,7 @@ model side.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from maekit.errors import DataError
+from maekit.files import atomic_output
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -132,7 +134,7 @@ def read_array_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence
                     raise DataError(path, f"has arrays {names}; none is called {key!r}")
         else:
             data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(path, f"cannot be read as a numpy array: {err}") from err
     if data.ndim != 3:
         raise DataError(path, f"holds an array of shape {data.shape}; expected (bands, height, width)")
@@ -157,11 +159,7 @@ def read_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence[str |
 def write_like(source: str | Path, array: np.ndarray, out: str | Path, nodata: float | None = None) -> Path:
     """Write `array` (C, H, W) as a GeoTIFF on the grid of `source` (same CRS and transform),
     through a temporary file so a failed write leaves nothing behind."""
-    import os
-    import tempfile
-
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with rasterio.open(source) as src:
             crs, transform, size = src.crs, src.transform, (src.height, src.width)
@@ -169,15 +167,8 @@ def write_like(source: str | Path, array: np.ndarray, out: str | Path, nodata: f
         crs, transform, size = None, None, array.shape[1:]
     if tuple(array.shape[1:]) != tuple(size):
         raise DataError(out, f"prediction is {array.shape[1]}x{array.shape[2]} but {source} is {size[0]}x{size[1]}")
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=out.parent)
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", driver="GTiff", height=array.shape[1], width=array.shape[2],
-                           count=array.shape[0], dtype=array.dtype.name, crs=crs, transform=transform,
-                           nodata=nodata, compress="deflate") as dst:
-            dst.write(array)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(out) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
+            dtype=array.dtype.name, crs=crs, transform=transform, nodata=nodata, compress="deflate") as dst:
+        dst.write(array)
     return out

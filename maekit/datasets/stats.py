@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,16 +43,3 @@ def band_statistics(datamodule: Any, adapter: Any | None, max_files: int = 1000)
     mean = total / count
     std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
     return {"bands": bands, "mean": mean.tolist(), "std": std.tolist(), "pixels": count, "files": files}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so no half-written file is ever left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

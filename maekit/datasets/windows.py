@@ -6,6 +6,7 @@ it touches: no mosaicking, no reprojection, no float conversion on the loader si
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +25,11 @@ from maekit.errors import ConfigError, DataError
 
 
 class RandomWindowDataset(Dataset):
-    """`length` random `size` x `size` windows from a list of rasters (seeded per index).
+    """`length` random `size` x `size` windows from a list of rasters.
 
     Windows whose pixels are all nodata are redrawn (up to `max_tries`, then an error naming
-    the file). With `seed` set, window `i` is the same every epoch (validation); without, it
-    is drawn from Python's `random`, which Lightning seeds per worker.
+    the file). With `seed` set, window `i` is the same every epoch (validation); without, each
+    process (DataLoader worker, distributed rank) draws fresh windows from its own seeded stream.
     """
 
     def __init__(self, paths: Sequence[str | Path], file_bands: Sequence[str], bands: Sequence[str | int] | None,
@@ -41,6 +42,8 @@ class RandomWindowDataset(Dataset):
         self.size, self.length, self.nodata, self.seed = size, length, nodata, seed
         self.max_tries, self.with_valid = max_tries, with_valid
         self._handles: dict[Path, rasterio.DatasetReader] = {}
+        self._rng: random.Random | None = None
+        self._rng_key: tuple[int, int] | None = None
         self.shapes = []
         for path in self.paths:
             try:
@@ -71,8 +74,19 @@ class RandomWindowDataset(Dataset):
         state["_handles"] = {}
         return state
 
+    def _stream(self) -> random.Random:
+        """This process's own generator: seeded from torch's seed (which differs per DataLoader
+        worker and follows `seed_everything`) and the distributed rank, so ranks and workers
+        draw different windows and a seeded run repeats."""
+        key = (os.getpid(), torch.initial_seed())
+        if self._rng_key != key:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
+            self._rng = random.Random(torch.initial_seed() * 1_000_003 + rank)
+            self._rng_key = key
+        return self._rng
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(self.seed * 1_000_003 + index) if self.seed is not None else random
+        rng = random.Random(self.seed * 1_000_003 + index) if self.seed is not None else self._stream()
         for _ in range(self.max_tries):
             f = rng.randrange(len(self.paths))
             height, width = self.shapes[f]

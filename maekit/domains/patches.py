@@ -152,6 +152,9 @@ class PatchGridAdapter(DomainAdapter):
     # ------------------------------------------------------------------------- tokens
     def tokenize(self, batch: dict[str, Any]) -> Tokens:
         full = self.prepare(batch)
+        valid = batch.get("valid")
+        if valid is not None:  # nodata values (NaN, -9999...) never reach the model: they become 0
+            full = torch.where(valid.unsqueeze(1), full, 0.0)
         batch_size, spatial = full.shape[0], tuple(full.shape[2:])
         p, dims = self.patch_size, self.spatial_dims
         if len(spatial) != dims:
@@ -160,6 +163,9 @@ class PatchGridAdapter(DomainAdapter):
         if any(s % p for s in spatial):
             raise ConfigError(f"size {'x'.join(map(str, spatial))} is not a multiple of the patch size {p}")
         grid = tuple(s // p for s in spatial)
+        if self.position == "learned" and any(n > self.max_grid for n in grid):
+            raise ConfigError(f"a {'x'.join(map(str, grid))} patch grid does not fit the learned position table "
+                              f"of {self.max_grid} per axis; raise max_grid or use position: sincos")
         num = math.prod(grid)
         # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...)
         split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
@@ -179,7 +185,6 @@ class PatchGridAdapter(DomainAdapter):
         coords = torch.stack([a.flatten() for a in axes], -1).float().repeat(groups_here, 1)
         group = torch.tensor(self.present_groups, device=device).repeat_interleave(num)
         present = torch.ones(batch_size, num * groups_here, dtype=torch.bool, device=device)
-        valid = batch.get("valid")
         if valid is not None:  # per-pixel validity: a patch is present when all its pixels are
             v = valid.reshape([batch_size] + [x for n in grid for x in (n, p)])
             for axis in range(dims):

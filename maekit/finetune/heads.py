@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 
@@ -22,8 +23,8 @@ class PooledClassifier(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, features: Tensor, valid: Tensor) -> Tensor:
-        w = valid[..., None].to(features.dtype)
-        pooled = (features * w).sum(1) / w.sum(1).clamp(min=1.0)
+        w = valid[..., None]
+        pooled = torch.where(w, features, 0.0).sum(1) / w.sum(1).clamp(min=1).to(features.dtype)
         return self.fc(self.dropout(self.norm(pooled)))
 
 

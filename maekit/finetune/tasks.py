@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from maekit.backbones import SIZES, SizeName, TransformerStack
 from maekit.errors import ConfigError
 from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
-from maekit.optim import build_adamw, param_groups, warmup_cosine
+from maekit.optim import build_adamw, lightning_schedule, param_groups
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights import load_encoder
 
@@ -118,10 +118,7 @@ class EncoderTask(L.LightningModule):
         groups = param_groups(self, hp.weight_decay, skip, self._layer_of, self.encoder.depth + 1,
                               hp.layer_decay)
         optimizer = build_adamw(groups, hp.lr, tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
 
 
 class ClassificationTask(EncoderTask):

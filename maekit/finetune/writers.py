@@ -13,14 +13,14 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from maekit.datasets.raster import write_like
-from maekit.datasets.stats import write_text_atomic
+from maekit.files import write_text_atomic
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes predictions next to nothing it might overwrite half-way.
 
     - (B, K) class probabilities -> `output_dir/predictions.csv` (path, class, probabilities),
-      written once at the end;
+      written once at the end (one `predictions_rank<N>.csv` per process when distributed);
     - (B, H, W) label maps -> `output_dir/<chip stem>_pred.tif` on the source chip's grid
       (same CRS and transform), one atomic write per chip.
 
@@ -60,4 +60,5 @@ class PredictionWriter(BasePredictionWriter):
         writer = csv.writer(buffer)
         writer.writerow(["path", "predicted", *(f"p_{n}" for n in names)])
         writer.writerows(self._rows)
-        write_text_atomic(self.output_dir / "predictions.csv", buffer.getvalue())
+        name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        write_text_atomic(self.output_dir / name, buffer.getvalue())

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from maekit.files import atomic_output
 from maekit.pretrain.mae import MaskedAutoencoder
 
 
@@ -50,12 +49,17 @@ def reconstruction_images(mae: MaskedAutoencoder, batch: dict[str, Any], max_sam
 def save_reconstruction_figure(mae: MaskedAutoencoder, batch: dict[str, Any], path: str | Path,
                                title: str = "", max_samples: int = 4) -> Path:
     """Write the figure of `reconstruction_images` as a PNG (atomically) and return its path."""
+    return write_figure(reconstruction_images(mae, batch, max_samples), path, title)
+
+
+def write_figure(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: str | Path,
+                 title: str = "") -> Path:
+    """A grid of (input, masked input, reconstruction) rows as a PNG, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = reconstruction_images(mae, batch, max_samples)
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
         for c, (image, name) in enumerate(zip(images, ("input", "masked input", "reconstruction"))):
@@ -67,14 +71,9 @@ def save_reconstruction_figure(mae: MaskedAutoencoder, batch: dict[str, Any], pa
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -100,7 +100,8 @@ class MaskedAutoencoder(nn.Module):
         with torch.autocast(device_type=pred.device.type, enabled=False):
             pred32 = pred.float()
             per_token = self.adapter.loss(pred32, self.adapter.target(tokens), tokens)
-            scored = (tokens.present & ~visible.mask).float()
-            # never NaN: a batch with nothing masked scores 0 (and gives zero gradients)
-            loss = (per_token * scored).sum() / scored.sum().clamp(min=1.0)
+            scored = tokens.present & ~visible.mask
+            # never NaN: a batch with nothing masked scores 0 (and gives zero gradients), and
+            # whatever the decoder says at unscored positions cannot leak in through 0 * NaN
+            loss = torch.where(scored, per_token, 0.0).sum() / scored.sum().clamp(min=1)
         return MAEOutput(loss=loss, per_token=per_token, pred=pred32, tokens=tokens, visible=visible)

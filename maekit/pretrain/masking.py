@@ -64,7 +64,8 @@ class MaskGenerator:
     def visible_budget(self, present: Tensor) -> Tensor:
         """(B,) how many tokens each sample keeps visible."""
         count = present.sum(1)
-        budget = torch.floor((1.0 - self.mask_ratio) * count.float()).long()
+        # float64, the same arithmetic as `max_visible`, so an all-present sample keeps exactly K
+        budget = torch.floor((1.0 - self.mask_ratio) * count.double()).long()
         return torch.minimum(budget.clamp(min=1), count)
 
     def score(self, tokens: Tokens) -> Tensor:

@@ -9,8 +9,8 @@ import lightning as L
 import torch
 
 from maekit.backbones import SizeName
-from maekit.optim import build_adamw, param_groups, warmup_cosine
-from maekit.pretrain.figures import save_reconstruction_figure
+from maekit.optim import build_adamw, lightning_schedule, param_groups
+from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
 from maekit.tokens import DomainAdapter
@@ -97,21 +97,26 @@ class MAEPretrainModule(L.LightningModule):
         every = self.hparams.figure_every_n_epochs
         if not every or (self.current_epoch + 1) % every or self._figure_batch is None:
             return
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        # the forward runs on every rank (sharded strategies gather parameters collectively);
+        # rank 0 writes the picture
+        rows = reconstruction_images(self.mae, self._figure_batch)
+        if self.trainer.is_global_zero:
             run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             path = run_dir / "reconstructions" / f"epoch_{self.current_epoch:04d}.png"
-            self.last_figure = save_reconstruction_figure(
-                self.mae, self._figure_batch, path, title=f"epoch {self.current_epoch}")
+            self.last_figure = write_figure(rows, path, title=f"epoch {self.current_epoch}")
+
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:  # different masks on every rank, repeatable per seed
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else hp.base_lr * self._effective_batch_size() / 256
         groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay())
         optimizer = build_adamw(groups, lr, tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        scheduler = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
 
     def _effective_batch_size(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -163,3 +163,26 @@ def test_real_4d_file_is_refused_with_advice_and_ct_reads() -> None:
     assert item["image"].shape == (1, 122, 101, 112)
     lps = load_case(Case("mr", {"t1": (REAL_MED / "mr_totalsegmentator_example_mr_sm.nii.gz", None)}), ["t1"])
     assert lps["image"].shape[0] == 1 and torch.isfinite(lps["image"]).all()
+
+
+def test_segment_from_pretrained_on_modality_subsets(brats: Path, tmp_path: Path) -> None:
+    """One pretrained checkpoint fine-tunes on all modalities, on {t1ce, flair} and on {t2}."""
+    assert main(["fit", "-c", str(REPO / "configs" / "brats" / "pretrain.yaml"), "--data.root", str(brats),
+                 "--data.roi_size", "[16,16,16]", "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8",
+                 "--model.figure_every_n_epochs", "0", "--trainer.max_epochs", "1", *TINY_MODEL, *TINY_DECODER,
+                 *CPU_TRAINER, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 0
+    ckpt = tmp_path / "runs" / "brats_pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    for subset in ("[t1,t1ce,t2,flair]", "[t1ce,flair]", "[t2]"):
+        assert main(["fit", "-c", str(REPO / "configs" / "brats" / "segment.yaml"), "--data.root", str(brats),
+                     "--data.modalities", subset, "--data.roi_size", "[16,16,16]", "--data.num_workers", "0",
+                     "--model.roi_size", "[16,16,16]", "--model.adapter.init_args.patch_size", "8",
+                     "--model.feature_size", "8", "--model.pretrained", str(ckpt), "--trainer.max_epochs", "1",
+                     "--trainer.check_val_every_n_epoch", "1", *TINY_MODEL, *CPU_TRAINER,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                     "--trainer.logger.init_args.name", "seg"]) == 0
+    import csv
+
+    for version in range(3):
+        with open(tmp_path / "runs" / "seg" / f"version_{version}" / "metrics.csv") as f:
+            dice = [float(r["val/dice"]) for r in csv.DictReader(f) if r.get("val/dice")]
+        assert dice and 0.0 <= dice[-1] <= 1.0

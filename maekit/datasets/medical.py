@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,11 @@ def _check_volume(path: Path, volume: torch.Tensor, channel: int | None) -> torc
     return volume
 
 
+def _plain(t: Any) -> torch.Tensor:
+    """A plain tensor (MONAI's MetaTensor would carry its metadata into every later result)."""
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
 def _has_spatial_header(path: Path) -> bool:
     import nibabel as nib
 
@@ -164,7 +170,8 @@ def load_case(
     """Load one case onto one RAS grid.
 
     Returns `image` (M, X, Y, Z) float32 (missing modalities zero), `modality_present` (M,)
-    bool, `affine` (4, 4) of the grid, and `label` (X, Y, Z) long when the case has one.
+    bool, `affine` (4, 4) of the grid, and `label` (X, Y, Z) long when the case has one (as
+    indices into `labels` when they are declared).
     """
     from monai.transforms import LoadImage, NormalizeIntensity, Orientation, ResampleToMatch, Spacing
 
@@ -201,7 +208,7 @@ def load_case(
     present = torch.zeros(len(wanted), dtype=torch.bool)
     for i, mod in enumerate(wanted):
         if mod in volumes:
-            image[i] = torch.as_tensor(volumes[mod])
+            image[i] = _plain(volumes[mod])
             present[i] = True
     if kind == "ct":
         lo, hi = ct_window
@@ -209,20 +216,23 @@ def load_case(
     else:
         for i in range(len(wanted)):
             if present[i]:
-                image[i] = torch.as_tensor(NormalizeIntensity(nonzero=True)(image[i]))
+                image[i] = _plain(NormalizeIntensity(nonzero=True)(image[i]))
     out: dict[str, Any] = {"image": image, "modality_present": present,
-                           "affine": torch.as_tensor(reference.affine, dtype=torch.float64)}
+                           "affine": _plain(reference.affine).double()}
     if case.label is not None:
         lab = orient(_check_volume(case.label, loader(str(case.label)), None))
         if space is not None:
             lab = Spacing(pixdim=tuple(pixdim), mode="nearest")(lab)  # type: ignore[arg-type]
         if lab.shape != reference.shape or not torch.allclose(lab.affine, reference.affine, atol=1e-3):
             lab = ResampleToMatch(mode="nearest")(lab, reference)
-        lab = torch.as_tensor(lab[0]).round().long()
-        if labels is not None:
+        lab = _plain(lab[0]).round().long()
+        if labels is not None:  # declared values -> class indices 0..K-1 (BraTS 0,1,2,4 -> 0..3)
             unexpected = sorted(set(lab.unique().tolist()) - set(labels))
             if unexpected:
                 raise DataError(case.label, f"holds label values {unexpected} outside the declared set {list(labels)}")
+            lookup = torch.zeros(max(labels) + 1, dtype=torch.long)
+            lookup[torch.tensor(list(labels))] = torch.arange(len(labels))
+            lab = lookup[lab]
         out["label"] = lab
     return out
 
@@ -231,15 +241,16 @@ class VolumeDataset(Dataset):
     """Cases as training samples: random (or centred) crops of `roi_size`, optional flips.
 
     Volumes smaller than the crop are padded with zeros (the mean after normalisation) and the
-    padding is marked invalid. Loaded cases are kept in memory when `cache` is True.
+    padding is marked invalid. `roi_size` None hands whole volumes (with their affine and case
+    name). Loaded cases are kept in memory when `cache` is True.
     """
 
     def __init__(self, cases: Sequence[Case], modalities: Sequence[str], kind: Literal["mri", "ct"],
-                 pixdim: Sequence[float] | None, roi_size: Sequence[int], random_crop: bool, flips: bool,
+                 pixdim: Sequence[float] | None, roi_size: Sequence[int] | None, random_crop: bool, flips: bool,
                  labels: Sequence[int] | None = None, ct_window: tuple[float, float] = (-175.0, 250.0),
                  cache: bool = True) -> None:
         self.cases, self.modalities, self.kind = list(cases), list(modalities), kind
-        self.pixdim, self.roi_size = pixdim, tuple(roi_size)
+        self.pixdim, self.roi_size = pixdim, tuple(roi_size) if roi_size is not None else None
         self.random_crop, self.flips, self.labels, self.ct_window = random_crop, flips, labels, ct_window
         self.cache = cache
         self._cache: dict[int, dict[str, Any]] = {}
@@ -259,6 +270,12 @@ class VolumeDataset(Dataset):
         item = self.load(index)
         image, label = item["image"], item.get("label")
         valid = torch.ones(image.shape[1:], dtype=torch.bool)
+        if self.roi_size is None:  # whole volumes (sliding-window validation and prediction)
+            out = {"image": image, "modality_present": item["modality_present"], "valid": valid,
+                   "affine": item["affine"], "case": self.cases[index].name}
+            if label is not None:
+                out["mask"] = label
+            return out
         pads = [max(0, r - s) for r, s in zip(self.roi_size, image.shape[1:])]
         if any(pads):
             spec = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
@@ -296,6 +313,8 @@ class VolumeDataModule(L.LightningDataModule):
         ct_window: HU window for CT.
         val_fraction: share of cases kept for validation (seeded).
         batch_size, num_workers, seed, cache: loader settings.
+        val_whole_volumes: validate (and predict) on whole volumes, one per batch, for
+            sliding-window inference.
     """
 
     def __init__(self, root: str, layout: Layout = "auto", modalities: list[str] | None = None,
@@ -303,7 +322,7 @@ class VolumeDataModule(L.LightningDataModule):
                  roi_size: list[int] | None = None, labels: list[int] | None = None,
                  ct_window: tuple[float, float] = (-175.0, 250.0), val_fraction: float = 0.2,
                  batch_size: int = 2, num_workers: int = 0, flips: bool = True, seed: int = 0,
-                 cache: bool = True) -> None:
+                 cache: bool = True, val_whole_volumes: bool = False) -> None:
         super().__init__()
         self.root, self.layout = Path(root), layout
         self.modalities = [canonical_modality(m) for m in (modalities or ["t1", "t1ce", "t2", "flair"])]
@@ -314,12 +333,21 @@ class VolumeDataModule(L.LightningDataModule):
         self.labels, self.ct_window = labels, tuple(ct_window)
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.flips, self.seed, self.cache = flips, seed, cache
+        self.val_whole_volumes = val_whole_volumes
         self.datasets: dict[str, VolumeDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         cases = find_cases(self.root, self.layout, self.modalities)
+        usable = [c for c in cases if set(c.images) & set(self.modalities)]
+        if len(usable) < len(cases):
+            skipped = sorted(c.name for c in cases if c not in usable)
+            if not usable:
+                raise DataError(self.root, f"no case has any of the modalities {self.modalities}")
+            warnings.warn(f"{self.root}: skipping {len(skipped)} case(s) with none of the modalities "
+                          f"{self.modalities}: {', '.join(skipped[:10])}", stacklevel=2)
+        cases = usable
         order = list(range(len(cases)))
         random.Random(self.seed).shuffle(order)
         n_val = int(round(self.val_fraction * len(cases)))
@@ -328,7 +356,8 @@ class VolumeDataModule(L.LightningDataModule):
         splits = {"val": [cases[i] for i in order[:n_val]], "train": [cases[i] for i in order[n_val:]]}
         for name, chosen in splits.items():
             train = name == "train"
-            self.datasets[name] = VolumeDataset(chosen, self.modalities, self.kind, self.pixdim, self.roi_size,
+            roi = None if (not train and self.val_whole_volumes) else self.roi_size
+            self.datasets[name] = VolumeDataset(chosen, self.modalities, self.kind, self.pixdim, roi,
                                                 random_crop=train, flips=train and self.flips,
                                                 labels=self.labels, ct_window=self.ct_window, cache=self.cache)
 
@@ -337,6 +366,13 @@ class VolumeDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["val"], batch_size=self.batch_size, num_workers=self.num_workers)
+        size = 1 if self.val_whole_volumes else self.batch_size
+        return DataLoader(self.datasets["val"], batch_size=size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
 
 

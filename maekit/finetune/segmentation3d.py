@@ -1,0 +1,176 @@
+"""3D segmentation with a UNETR-style decoder (MONAI blocks) over a pretrained encoder.
+
+Skips come from several encoder depths (blocks 3, 6, 9, 12 of a 12-block encoder with 16^3
+patches, as in UNETR); each depth's tokens are put back on their grid with the tokens of the
+available modalities averaged, so any modality subset runs through the same weights.
+Validation and prediction on whole volumes use MONAI's sliding-window inference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from maekit.backbones import SizeName
+from maekit.errors import ConfigError
+from maekit.finetune.tasks import EncoderTask
+from maekit.tokens import DomainAdapter
+
+
+class UNETRDecoder(nn.Module):
+    """Encoder features at log2(patch)+1 depths -> per-voxel logits.
+
+    Args:
+        in_channels: channels of the full-resolution image skip (model modalities).
+        width: encoder width.
+        patch_size: power of two; one upsampling stage per factor 2.
+        num_classes: output classes.
+        feature_size: channels at full resolution (doubling per stage down).
+    """
+
+    def __init__(self, in_channels: int, width: int, patch_size: int, num_classes: int, feature_size: int = 16) -> None:
+        super().__init__()
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+
+        stages = int(round(math.log2(patch_size)))
+        if 2**stages != patch_size:
+            raise ConfigError(f"the UNETR decoder needs a power-of-two patch size, got {patch_size}")
+        self.stages = stages
+        channels = [width] + [feature_size * 2 ** (stages - level) for level in range(1, stages + 1)]
+        norm = "instance"
+        self.image_skip = UnetrBasicBlock(3, in_channels, feature_size, 3, 1, norm, res_block=True)
+        self.token_skips = nn.ModuleList(
+            UnetrPrUpBlock(3, width, channels[level], level - 1, 3, 1, 2, norm, res_block=True)
+            for level in range(1, stages))
+        self.ups = nn.ModuleList(UnetrUpBlock(3, channels[level - 1], channels[level], 3, 2, norm, res_block=True)
+                                 for level in range(1, stages + 1))
+        self.out = UnetOutBlock(3, feature_size, num_classes)
+
+    @staticmethod
+    def skip_blocks(depth: int, patch_size: int) -> list[int]:
+        """1-based encoder blocks feeding levels 1..stages-1 (coarse to fine), then the last."""
+        stages = int(round(math.log2(patch_size)))
+        return [max(1, round(depth * (stages - level) / stages)) for level in range(1, stages)] + [depth]
+
+    def forward(self, image: Tensor, grids: list[Tensor]) -> Tensor:
+        """`grids`: features on the token grid for levels 1..stages-1, then the deepest."""
+        x = grids[-1]
+        skips = [block(g) for block, g in zip(self.token_skips, grids[:-1])] + [self.image_skip(image)]
+        for up, skip in zip(self.ups, skips):
+            x = up(x, skip)
+        return self.out(x)
+
+
+class VolumeSegmentationTask(EncoderTask):
+    """3D segmentation of volumes (MRI with any modality subset, CT).
+
+    Args:
+        num_classes: classes including background (labels are indices, see `VolumeDataModule.labels`).
+        roi_size: training crop; also the sliding window for whole-volume validation/prediction.
+        overlap: sliding-window overlap.
+        feature_size: UNETR decoder channels at full resolution.
+        (the rest as in `EncoderTask`; the adapter must be a 3D grid adapter, e.g. `VolumeAdapter`)
+    """
+
+    target_key = "mask"
+
+    def __init__(
+        self,
+        adapter: DomainAdapter,
+        num_classes: int,
+        roi_size: list[int] | None = None,
+        size: SizeName = "base",
+        pretrained: str | None = None,
+        freeze_encoder: bool = False,
+        lr: float = 1e-4,
+        layer_decay: float = 0.75,
+        drop_path: float = 0.1,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        overlap: float = 0.5,
+        feature_size: int = 16,
+    ) -> None:
+        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path, weight_decay,
+                         betas, warmup_epochs)
+        self.save_hyperparameters(ignore=["adapter"])
+        patch = getattr(adapter, "patch_size", None)
+        if getattr(adapter, "spatial_dims", None) != 3 or not isinstance(patch, int):
+            raise ConfigError(f"{type(adapter).__name__} is not a 3D patch adapter")
+        self.roi_size = list(roi_size or [96, 96, 96])
+        self.blocks = UNETRDecoder.skip_blocks(self.encoder.depth, patch)
+        self.head = UNETRDecoder(len(adapter.channels), self.width, patch, num_classes, feature_size)  # type: ignore[attr-defined]
+        from monai.losses import DiceCELoss
+        from monai.metrics import DiceMetric
+
+        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.dice = {"val": DiceMetric(include_background=False, reduction="mean_batch"),
+                     "test": DiceMetric(include_background=False, reduction="mean_batch")}
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        tokens = self.adapter.tokenize(batch)
+        with torch.set_grad_enabled(self.training and not self.hparams.freeze_encoder):
+            x = self.adapter.embed(tokens)
+            valid = tokens.present if tokens.may_be_absent else None
+            last, taken = self.encoder(x, valid, collect=tuple(sorted(set(self.blocks))))
+        by_block = dict(zip(sorted(set(self.blocks)), taken))
+        by_block[self.encoder.depth] = last
+        grids = [self.adapter.to_grid(by_block[b], tokens) for b in self.blocks]  # type: ignore[operator]
+        image = self.adapter.prepare(batch)  # type: ignore[attr-defined]
+        return self.head(image, grids)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["mask"].unsqueeze(1))
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def infer(self, batch: dict[str, Any]) -> Tensor:
+        """Logits for whole volumes by sliding window (crops of `roi_size`)."""
+        from monai.inferers import sliding_window_inference
+
+        present = batch.get("modality_present")
+
+        def predictor(window: Tensor) -> Tensor:
+            part = {"image": window}
+            if present is not None:
+                part["modality_present"] = present.expand(window.shape[0], -1)
+            return self(part)
+
+        return sliding_window_inference(batch["image"], self.roi_size, 1, predictor, overlap=self.hparams.overlap)
+
+    def _evaluate(self, batch: dict[str, Any], metrics: Any, stage: str) -> None:
+        logits = self.infer(batch)
+        target = batch["mask"].unsqueeze(1)
+        loss = self.criterion(logits.float(), target)
+        num_classes = logits.shape[1]
+        pred = nn.functional.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
+        truth = nn.functional.one_hot(batch["mask"], num_classes).movedim(-1, 1)
+        self.dice[stage](pred, truth)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=logits.shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, None, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, None, "test")
+
+    def _log_dice(self, stage: str) -> None:
+        per_class = self.dice[stage].aggregate()
+        self.dice[stage].reset()
+        scores = torch.nan_to_num(per_class, nan=0.0)
+        self.log(f"{stage}/dice", scores.mean(), prog_bar=True, sync_dist=True)
+        for k, value in enumerate(scores, start=1):
+            self.log(f"{stage}/dice_{k}", value, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_dice("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self.infer(batch).argmax(1)

@@ -57,6 +57,9 @@ def cmd_domains(argv: list[str]) -> int:
     for preset in PRESETS.values():
         print(f"  preset {preset.name:10s} {len(preset.bands):2d} bands {','.join(preset.bands)}")
         print(f"         {'':10s} {preset.description}")
+    print("\nvolumes  (maekit.domains.VolumeAdapter)")
+    print("  multimodal MRI (t1, t1ce, t2, flair; cases may lack some) and CT; layouts: BraTS 2021/2023,")
+    print("  MSD Decathlon, nnU-Net raw, plain folder (maekit.datasets.VolumeDataModule)")
     roots = [Path.cwd() / "configs", CONFIG_DIR]
     seen: set[Path] = set()
     print("\nconfigs:")

@@ -15,7 +15,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     permissions of any new file), when it fails it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=f".{path.stem}.")
+    suffix = "".join(path.suffixes)  # keep `.nii.gz`: writers choose the format by it
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.name[: len(path.name) - len(suffix)]}.")
     os.close(fd)
     try:
         yield Path(tmp)

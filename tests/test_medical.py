@@ -186,3 +186,29 @@ def test_segment_from_pretrained_on_modality_subsets(brats: Path, tmp_path: Path
         with open(tmp_path / "runs" / "seg" / f"version_{version}" / "metrics.csv") as f:
             dice = [float(r["val/dice"]) for r in csv.DictReader(f) if r.get("val/dice")]
         assert dice and 0.0 <= dice[-1] <= 1.0
+
+
+def test_reconstruct_missing_modality_writes_nifti_on_the_case_grid(brats: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pre = ["--data.root", str(brats), "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8",
+           *TINY_MODEL, *TINY_DECODER, *CPU_TRAINER]
+    assert main(["fit", "-c", str(REPO / "configs" / "brats" / "pretrain.yaml"), *pre, "--data.roi_size", "[16,16,16]",
+                 "--model.figure_every_n_epochs", "0", "--trainer.max_epochs", "1",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 0
+    ckpt = tmp_path / "runs" / "brats_pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    assert main(["predict", "-c", str(REPO / "configs" / "brats" / "reconstruct.yaml"), *pre,
+                 "--ckpt_path", str(ckpt)]) == 0
+    out = tmp_path / "runs" / "brats_reconstruct"
+    cases = find_cases(brats)
+    for case in cases:  # flair is dropped everywhere, so every case gets a synthetic flair
+        written = out / f"{case.name}_flair_synth.nii.gz"
+        assert written.exists() and (out / f"{case.name}_reconstruction.png").exists()
+    source = nib.load(str(cases[0].images["t1ce"][0] if "t1ce" in cases[0].images else next(iter(cases[0].images.values()))[0]))
+    synth = nib.load(str(out / f"{cases[0].name}_flair_synth.nii.gz"))
+    assert synth.shape == source.shape and np.allclose(synth.affine, source.affine)
+    assert np.isfinite(synth.get_fdata()).all() and synth.get_fdata().std() > 0
+    missing = [m for m in MODALITIES if m not in cases[0].images and m != "flair"]
+    for m in missing:  # modalities the case never had are synthesised too
+        assert (out / f"{cases[0].name}_{m}_synth.nii.gz").exists()
+    assert not list(out.glob(".*"))  # no temporary files left

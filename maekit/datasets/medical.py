@@ -248,11 +248,11 @@ class VolumeDataset(Dataset):
     def __init__(self, cases: Sequence[Case], modalities: Sequence[str], kind: Literal["mri", "ct"],
                  pixdim: Sequence[float] | None, roi_size: Sequence[int] | None, random_crop: bool, flips: bool,
                  labels: Sequence[int] | None = None, ct_window: tuple[float, float] = (-175.0, 250.0),
-                 cache: bool = True) -> None:
+                 cache: bool = True, drop: Sequence[int] = ()) -> None:
         self.cases, self.modalities, self.kind = list(cases), list(modalities), kind
         self.pixdim, self.roi_size = pixdim, tuple(roi_size) if roi_size is not None else None
         self.random_crop, self.flips, self.labels, self.ct_window = random_crop, flips, labels, ct_window
-        self.cache = cache
+        self.cache, self.drop = cache, list(drop)
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -267,7 +267,11 @@ class VolumeDataset(Dataset):
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.load(index)
+        item = dict(self.load(index))
+        if self.drop:  # simulated missing modalities
+            item["image"], item["modality_present"] = item["image"].clone(), item["modality_present"].clone()
+            item["image"][self.drop] = 0.0
+            item["modality_present"][self.drop] = False
         image, label = item["image"], item.get("label")
         valid = torch.ones(image.shape[1:], dtype=torch.bool)
         if self.roi_size is None:  # whole volumes (sliding-window validation and prediction)
@@ -311,10 +315,13 @@ class VolumeDataModule(L.LightningDataModule):
         roi_size: crop size in voxels.
         labels: declared label values (checked when loading labels).
         ct_window: HU window for CT.
-        val_fraction: share of cases kept for validation (seeded).
+        val_fraction: share of cases kept for validation (seeded); 1 puts every case in the
+            validation/prediction set.
         batch_size, num_workers, seed, cache: loader settings.
         val_whole_volumes: validate (and predict) on whole volumes, one per batch, for
             sliding-window inference.
+        drop_modalities: treat these as missing in every case (zeros, `modality_present` False),
+            e.g. to reconstruct a modality and compare it with the real one.
     """
 
     def __init__(self, root: str, layout: Layout = "auto", modalities: list[str] | None = None,
@@ -322,7 +329,8 @@ class VolumeDataModule(L.LightningDataModule):
                  roi_size: list[int] | None = None, labels: list[int] | None = None,
                  ct_window: tuple[float, float] = (-175.0, 250.0), val_fraction: float = 0.2,
                  batch_size: int = 2, num_workers: int = 0, flips: bool = True, seed: int = 0,
-                 cache: bool = True, val_whole_volumes: bool = False) -> None:
+                 cache: bool = True, val_whole_volumes: bool = False,
+                 drop_modalities: list[str] | None = None) -> None:
         super().__init__()
         self.root, self.layout = Path(root), layout
         self.modalities = [canonical_modality(m) for m in (modalities or ["t1", "t1ce", "t2", "flair"])]
@@ -334,6 +342,10 @@ class VolumeDataModule(L.LightningDataModule):
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.flips, self.seed, self.cache = flips, seed, cache
         self.val_whole_volumes = val_whole_volumes
+        self.drop_modalities = [canonical_modality(m) for m in (drop_modalities or [])]
+        unknown = sorted(set(self.drop_modalities) - set(self.modalities))
+        if unknown:
+            raise ConfigError(f"drop_modalities {unknown} are not among the modalities {self.modalities}")
         self.datasets: dict[str, VolumeDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -351,7 +363,7 @@ class VolumeDataModule(L.LightningDataModule):
         order = list(range(len(cases)))
         random.Random(self.seed).shuffle(order)
         n_val = int(round(self.val_fraction * len(cases)))
-        if self.val_fraction > 0 and len(cases) > 1:  # at least one case on each side
+        if 0 < self.val_fraction < 1 and len(cases) > 1:  # at least one case on each side
             n_val = min(max(n_val, 1), len(cases) - 1)
         splits = {"val": [cases[i] for i in order[:n_val]], "train": [cases[i] for i in order[n_val:]]}
         for name, chosen in splits.items():
@@ -359,7 +371,8 @@ class VolumeDataModule(L.LightningDataModule):
             roi = None if (not train and self.val_whole_volumes) else self.roi_size
             self.datasets[name] = VolumeDataset(chosen, self.modalities, self.kind, self.pixdim, roi,
                                                 random_crop=train, flips=train and self.flips,
-                                                labels=self.labels, ct_window=self.ct_window, cache=self.cache)
+                                                labels=self.labels, ct_window=self.ct_window, cache=self.cache,
+                                                drop=[self.modalities.index(m) for m in self.drop_modalities])
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,

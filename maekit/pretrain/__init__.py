@@ -3,8 +3,9 @@
 from maekit.pretrain.mae import MAEOutput, MaskedAutoencoder
 from maekit.pretrain.masking import BlockMasking, GroupDirichletMasking, MaskGenerator, RandomMasking, Visible
 from maekit.pretrain.module import MAEPretrainModule
+from maekit.pretrain.writers import VolumeReconstructionWriter
 
 __all__ = [
     "BlockMasking", "GroupDirichletMasking", "MAEOutput", "MAEPretrainModule", "MaskGenerator",
-    "MaskedAutoencoder", "RandomMasking", "Visible",
+    "MaskedAutoencoder", "RandomMasking", "Visible", "VolumeReconstructionWriter",
 ]

@@ -85,13 +85,26 @@ class MAEPretrainModule(L.LightningModule):
         out = self.mae(batch)
         self.log("test/loss", out.loss, sync_dist=True, batch_size=out.tokens.batch_size)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Reconstructions in the native layout, with the visible-token mask."""
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Reconstructions in the native layout: visible tokens as given, every other position
+        (masked, or absent such as a missing modality) as predicted. Images whose size is not a
+        multiple of the patch are padded for the model and cropped back."""
+        image = batch["image"]
+        patch = getattr(self.adapter, "patch_size", None)
+        spatial = tuple(image.shape[2:])
+        if isinstance(patch, int):
+            pads = [(-s) % patch for s in spatial]
+            if any(pads):
+                spec = [v for p in reversed(pads) for v in (0, p)]
+                batch = {**batch, "image": torch.nn.functional.pad(image, spec)}
+                if "valid" in batch:
+                    batch["valid"] = torch.nn.functional.pad(batch["valid"], spec, value=False)
         out = self.mae(batch)
         values = torch.where(out.visible.mask[..., None], out.tokens.values.float(),
                              self.adapter.values_from_prediction(out.pred, out.tokens))
-        return {"reconstruction": self.adapter.untokenize(values, out.tokens),
-                "visible": out.visible.mask, "loss": out.per_token}
+        native = self.adapter.untokenize(values, out.tokens)
+        native = native[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+        return {"reconstruction": native, "visible": out.visible.mask, "loss": out.per_token}
 
     def on_train_epoch_end(self) -> None:
         every = self.hparams.figure_every_n_epochs

@@ -1,0 +1,69 @@
+"""Writing reconstructions of missing modalities as NIfTI, with a picture beside each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from maekit.files import atomic_output
+
+
+class VolumeReconstructionWriter(BasePredictionWriter):
+    """For every case and every modality it lacks (`modality_present` False), writes the
+    reconstruction as `<output_dir>/<case>_<modality>_synth.nii.gz` on the case's grid (its
+    affine, intensities in the normalised units the model sees), plus
+    `<case>_reconstruction.png`: middle axial slices of the input and the reconstruction.
+
+    Args:
+        output_dir: folder for the outputs.
+    """
+
+    def __init__(self, output_dir: str = "reconstructions") -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> None:
+        import nibabel as nib
+
+        recon = prediction["reconstruction"].float().cpu()
+        present = batch["modality_present"].cpu()
+        modalities = list(getattr(pl_module.adapter, "channels", []))
+        names = batch.get("case") or [f"case_{batch_idx}_{i}" for i in range(recon.shape[0])]
+        affines = batch.get("affine")
+        input_index = pl_module.adapter.input_index.cpu().tolist()  # type: ignore[union-attr]
+        for i, case in enumerate(names):
+            affine = affines[i].cpu().numpy() if affines is not None else np.eye(4)
+            for slot, channel in enumerate(input_index):
+                if bool(present[i, slot]):
+                    continue
+                volume = recon[i, channel].numpy().astype(np.float32)
+                target = self.output_dir / f"{case}_{modalities[channel]}_synth.nii.gz"
+                with atomic_output(target) as tmp:
+                    nib.save(nib.Nifti1Image(volume, affine), str(tmp))
+            self._picture(batch["image"][i].float().cpu(), recon[i, input_index], case)
+
+    def _picture(self, given: torch.Tensor, recon: torch.Tensor, case: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        z = given.shape[-1] // 2
+        fig, axes = plt.subplots(2, given.shape[0], figsize=(2.5 * given.shape[0], 5), squeeze=False)
+        for m in range(given.shape[0]):
+            for row, (vol, title) in enumerate(((given, "input"), (recon, "reconstruction"))):
+                axes[row][m].imshow(vol[m, :, :, z].T.numpy(), cmap="gray", origin="lower")
+                axes[row][m].set_axis_off()
+                axes[row][m].set_title(f"{title} {m}", fontsize=8)
+        fig.tight_layout()
+        try:
+            with atomic_output(self.output_dir / f"{case}_reconstruction.png") as tmp:
+                fig.savefig(tmp, dpi=80, format="png")
+        finally:
+            plt.close(fig)

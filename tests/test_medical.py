@@ -212,3 +212,17 @@ def test_reconstruct_missing_modality_writes_nifti_on_the_case_grid(brats: Path,
     for m in missing:  # modalities the case never had are synthesised too
         assert (out / f"{cases[0].name}_{m}_synth.nii.gz").exists()
     assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_case_level_classification_on_a_modality_subset(brats: Path, tmp_path: Path) -> None:
+    dm = VolumeDataModule(str(brats), case_labels="grades.csv", roi_size=[16, 16, 16], val_fraction=0)
+    dm.setup("fit")
+    assert dm.classes == ["0", "1"] and dm.num_classes == 2
+    assert dm.datasets["train"][0]["label"].dtype == torch.long
+    assert main(["fit", "-c", str(REPO / "configs" / "brats" / "classify.yaml"), "--data.root", str(brats),
+                 "--data.modalities", "[t1ce,flair]", "--data.roi_size", "[16,16,16]", "--data.num_workers", "0",
+                 "--data.batch_size", "2", "--model.adapter.init_args.patch_size", "8", "--trainer.max_epochs", "1",
+                 *TINY_MODEL, *CPU_TRAINER, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 0
+    (tmp_path / "bad.csv").write_text("case,grade\nBraTS2021_00000\n")
+    with pytest.raises(DataError, match=r"bad\.csv: row\(s\) \[1\] do not have a case and a label"):
+        VolumeDataModule(str(brats), case_labels=str(tmp_path / "bad.csv")).setup("fit")

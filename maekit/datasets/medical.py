@@ -147,6 +147,23 @@ def _check_volume(path: Path, volume: torch.Tensor, channel: int | None) -> torc
     return volume
 
 
+def _read_case_labels(root: Path, table: str) -> dict[str, str]:
+    """case name -> class name from a two-column CSV (an optional header row is skipped)."""
+    import csv
+
+    path = Path(table) if Path(table).is_absolute() else root / table
+    if not path.is_file():
+        raise DataError(path, "case-label file does not exist")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(cell.strip() for cell in r)]
+    if rows and rows[0][0].strip().lower() in ("case", "subject", "id", "name"):
+        rows = rows[1:]
+    bad = [i for i, r in enumerate(rows, start=1) if len(r) < 2 or not r[1].strip()]
+    if bad:
+        raise DataError(path, f"row(s) {bad[:5]} do not have a case and a label")
+    return {r[0].strip(): r[1].strip() for r in rows}
+
+
 def _plain(t: Any) -> torch.Tensor:
     """A plain tensor (MONAI's MetaTensor would carry its metadata into every later result)."""
     return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
@@ -248,11 +265,11 @@ class VolumeDataset(Dataset):
     def __init__(self, cases: Sequence[Case], modalities: Sequence[str], kind: Literal["mri", "ct"],
                  pixdim: Sequence[float] | None, roi_size: Sequence[int] | None, random_crop: bool, flips: bool,
                  labels: Sequence[int] | None = None, ct_window: tuple[float, float] = (-175.0, 250.0),
-                 cache: bool = True, drop: Sequence[int] = ()) -> None:
+                 cache: bool = True, drop: Sequence[int] = (), case_class: dict[str, int] | None = None) -> None:
         self.cases, self.modalities, self.kind = list(cases), list(modalities), kind
         self.pixdim, self.roi_size = pixdim, tuple(roi_size) if roi_size is not None else None
         self.random_crop, self.flips, self.labels, self.ct_window = random_crop, flips, labels, ct_window
-        self.cache, self.drop = cache, list(drop)
+        self.cache, self.drop, self.case_class = cache, list(drop), case_class
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -279,7 +296,7 @@ class VolumeDataset(Dataset):
                    "affine": item["affine"], "case": self.cases[index].name}
             if label is not None:
                 out["mask"] = label
-            return out
+            return self._with_class(out, index)
         pads = [max(0, r - s) for r, s in zip(self.roi_size, image.shape[1:])]
         if any(pads):
             spec = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
@@ -300,6 +317,11 @@ class VolumeDataset(Dataset):
         out = {"image": image.contiguous(), "modality_present": item["modality_present"], "valid": valid}
         if label is not None:
             out["mask"] = label.contiguous()
+        return self._with_class(out, index)
+
+    def _with_class(self, out: dict[str, Any], index: int) -> dict[str, Any]:
+        if self.case_class is not None:
+            out["label"] = torch.tensor(self.case_class[self.cases[index].name], dtype=torch.long)
         return out
 
 
@@ -322,6 +344,9 @@ class VolumeDataModule(L.LightningDataModule):
             sliding-window inference.
         drop_modalities: treat these as missing in every case (zeros, `modality_present` False),
             e.g. to reconstruct a modality and compare it with the real one.
+        case_labels: CSV of case-level labels (first column the case name, second its class;
+            a header row is allowed), relative to `root` or absolute; adds `label` to items for
+            `ClassificationTask`. Cases it does not list are skipped with a warning.
     """
 
     def __init__(self, root: str, layout: Layout = "auto", modalities: list[str] | None = None,
@@ -330,7 +355,7 @@ class VolumeDataModule(L.LightningDataModule):
                  ct_window: tuple[float, float] = (-175.0, 250.0), val_fraction: float = 0.2,
                  batch_size: int = 2, num_workers: int = 0, flips: bool = True, seed: int = 0,
                  cache: bool = True, val_whole_volumes: bool = False,
-                 drop_modalities: list[str] | None = None) -> None:
+                 drop_modalities: list[str] | None = None, case_labels: str | None = None) -> None:
         super().__init__()
         self.root, self.layout = Path(root), layout
         self.modalities = [canonical_modality(m) for m in (modalities or ["t1", "t1ce", "t2", "flair"])]
@@ -342,6 +367,8 @@ class VolumeDataModule(L.LightningDataModule):
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.flips, self.seed, self.cache = flips, seed, cache
         self.val_whole_volumes = val_whole_volumes
+        self.case_labels = case_labels
+        self.classes: list[str] = []
         self.drop_modalities = [canonical_modality(m) for m in (drop_modalities or [])]
         unknown = sorted(set(self.drop_modalities) - set(self.modalities))
         if unknown:
@@ -360,6 +387,18 @@ class VolumeDataModule(L.LightningDataModule):
             warnings.warn(f"{self.root}: skipping {len(skipped)} case(s) with none of the modalities "
                           f"{self.modalities}: {', '.join(skipped[:10])}", stacklevel=2)
         cases = usable
+        class_of: dict[str, int] = {}
+        if self.case_labels is not None:
+            table = _read_case_labels(self.root, self.case_labels)
+            self.classes = sorted(set(table.values()))
+            unlisted = [c.name for c in cases if c.name not in table]
+            if unlisted:
+                warnings.warn(f"{self.case_labels}: no label for {len(unlisted)} case(s), skipped: "
+                              f"{', '.join(unlisted[:10])}", stacklevel=2)
+            cases = [c for c in cases if c.name in table]
+            if not cases:
+                raise DataError(self.case_labels, f"labels none of the cases under {self.root}")
+            class_of = {name: self.classes.index(value) for name, value in table.items()}
         order = list(range(len(cases)))
         random.Random(self.seed).shuffle(order)
         n_val = int(round(self.val_fraction * len(cases)))
@@ -372,7 +411,12 @@ class VolumeDataModule(L.LightningDataModule):
             self.datasets[name] = VolumeDataset(chosen, self.modalities, self.kind, self.pixdim, roi,
                                                 random_crop=train, flips=train and self.flips,
                                                 labels=self.labels, ct_window=self.ct_window, cache=self.cache,
-                                                drop=[self.modalities.index(m) for m in self.drop_modalities])
+                                                drop=[self.modalities.index(m) for m in self.drop_modalities],
+                                                case_class=class_of or None)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,

@@ -197,8 +197,9 @@ def test_reconstruct_missing_modality_writes_nifti_on_the_case_grid(brats: Path,
                  "--model.figure_every_n_epochs", "0", "--trainer.max_epochs", "1",
                  "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 0
     ckpt = tmp_path / "runs" / "brats_pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    # predicting at 2 mm: the synthetic volumes must still come back on the 1 mm source grid
     assert main(["predict", "-c", str(REPO / "configs" / "brats" / "reconstruct.yaml"), *pre,
-                 "--ckpt_path", str(ckpt)]) == 0
+                 "--data.pixdim", "[2.0,2.0,2.0]", "--ckpt_path", str(ckpt)]) == 0
     out = tmp_path / "runs" / "brats_reconstruct"
     cases = find_cases(brats)
     for case in cases:  # flair is dropped everywhere, so every case gets a synthetic flair
@@ -207,6 +208,7 @@ def test_reconstruct_missing_modality_writes_nifti_on_the_case_grid(brats: Path,
     source = nib.load(str(cases[0].images["t1ce"][0] if "t1ce" in cases[0].images else next(iter(cases[0].images.values()))[0]))
     synth = nib.load(str(out / f"{cases[0].name}_flair_synth.nii.gz"))
     assert synth.shape == source.shape and np.allclose(synth.affine, source.affine)
+    assert synth.header.get_zooms() == source.header.get_zooms()
     assert np.isfinite(synth.get_fdata()).all() and synth.get_fdata().std() > 0
     missing = [m for m in MODALITIES if m not in cases[0].images and m != "flair"]
     for m in missing:  # modalities the case never had are synthesised too
@@ -226,3 +228,22 @@ def test_case_level_classification_on_a_modality_subset(brats: Path, tmp_path: P
     (tmp_path / "bad.csv").write_text("case,grade\nBraTS2021_00000\n")
     with pytest.raises(DataError, match=r"bad\.csv: row\(s\) \[1\] do not have a case and a label"):
         VolumeDataModule(str(brats), case_labels=str(tmp_path / "bad.csv")).setup("fit")
+
+
+def test_ct_pretrain_then_segment_with_sliding_window(tmp_path: Path) -> None:
+    root = make_ct_dataset(tmp_path / "ct", cases=4, size=24, spacing=1.5)
+    common = ["--data.root", str(root), "--data.roi_size", "[16,16,16]", "--data.num_workers", "0",
+              "--data.crop_foreground", "true", "--model.adapter.init_args.patch_size", "8", *TINY_MODEL, *CPU_TRAINER,
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1"]
+    assert main(["fit", "-c", str(REPO / "configs" / "ct" / "pretrain.yaml"), *common, *TINY_DECODER,
+                 "--model.figure_every_n_epochs", "1"]) == 0
+    ckpt = tmp_path / "runs" / "ct_pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    assert list((ckpt.parent.parent / "reconstructions").glob("*.png"))
+    assert main(["fit", "-c", str(REPO / "configs" / "ct" / "segment.yaml"), *common, "--model.roi_size", "[16,16,16]",
+                 "--model.feature_size", "8", "--model.pretrained", str(ckpt),
+                 "--trainer.check_val_every_n_epoch", "1"]) == 0
+    import csv
+
+    with open(tmp_path / "runs" / "ct_segment" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/dice")]
+    assert rows and all(rows[-1].get(f"val/dice_{k}") for k in (1, 2, 3))

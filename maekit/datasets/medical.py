@@ -147,6 +147,19 @@ def _check_volume(path: Path, volume: torch.Tensor, channel: int | None) -> torc
     return volume
 
 
+def _crop_foreground(item: dict[str, Any]) -> dict[str, Any]:
+    """Crop a loaded case to the bounding box of its non-zero voxels (any modality); crops only,
+    so training windows are drawn from the body or brain rather than from air."""
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    start, end = generate_spatial_bounding_box(item["image"], select_fn=lambda x: x != 0)
+    window = tuple(slice(s, e) for s, e in zip(start, end))
+    out = dict(item, image=item["image"][(slice(None), *window)])
+    if "label" in item:
+        out["label"] = item["label"][window]
+    return out
+
+
 def _read_case_labels(root: Path, table: str) -> dict[str, str]:
     """case name -> class name from a two-column CSV (an optional header row is skipped)."""
     import csv
@@ -235,7 +248,7 @@ def load_case(
             if present[i]:
                 image[i] = _plain(NormalizeIntensity(nonzero=True)(image[i]))
     out: dict[str, Any] = {"image": image, "modality_present": present,
-                           "affine": _plain(reference.affine).double()}
+                           "affine": _plain(reference.affine).double(), "source": str(ref_path)}
     if case.label is not None:
         lab = orient(_check_volume(case.label, loader(str(case.label)), None))
         if space is not None:
@@ -265,11 +278,13 @@ class VolumeDataset(Dataset):
     def __init__(self, cases: Sequence[Case], modalities: Sequence[str], kind: Literal["mri", "ct"],
                  pixdim: Sequence[float] | None, roi_size: Sequence[int] | None, random_crop: bool, flips: bool,
                  labels: Sequence[int] | None = None, ct_window: tuple[float, float] = (-175.0, 250.0),
-                 cache: bool = True, drop: Sequence[int] = (), case_class: dict[str, int] | None = None) -> None:
+                 cache: bool = True, drop: Sequence[int] = (), case_class: dict[str, int] | None = None,
+                 crop_foreground: bool = False) -> None:
         self.cases, self.modalities, self.kind = list(cases), list(modalities), kind
         self.pixdim, self.roi_size = pixdim, tuple(roi_size) if roi_size is not None else None
         self.random_crop, self.flips, self.labels, self.ct_window = random_crop, flips, labels, ct_window
         self.cache, self.drop, self.case_class = cache, list(drop), case_class
+        self.crop_foreground = crop_foreground
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -279,6 +294,8 @@ class VolumeDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         item = load_case(self.cases[index], self.modalities, self.kind, self.pixdim, self.ct_window, self.labels)
+        if self.crop_foreground and self.roi_size is not None:
+            item = _crop_foreground(item)
         if self.cache:
             self._cache[index] = item
         return item
@@ -293,7 +310,7 @@ class VolumeDataset(Dataset):
         valid = torch.ones(image.shape[1:], dtype=torch.bool)
         if self.roi_size is None:  # whole volumes (sliding-window validation and prediction)
             out = {"image": image, "modality_present": item["modality_present"], "valid": valid,
-                   "affine": item["affine"], "case": self.cases[index].name}
+                   "affine": item["affine"], "case": self.cases[index].name, "source": item["source"]}
             if label is not None:
                 out["mask"] = label
             return self._with_class(out, index)
@@ -347,6 +364,8 @@ class VolumeDataModule(L.LightningDataModule):
         case_labels: CSV of case-level labels (first column the case name, second its class;
             a header row is allowed), relative to `root` or absolute; adds `label` to items for
             `ClassificationTask`. Cases it does not list are skipped with a warning.
+        crop_foreground: crop training cases to their non-zero bounding box before cropping
+            windows (MRI: the brain; CT after windowing: the body).
     """
 
     def __init__(self, root: str, layout: Layout = "auto", modalities: list[str] | None = None,
@@ -355,7 +374,8 @@ class VolumeDataModule(L.LightningDataModule):
                  ct_window: tuple[float, float] = (-175.0, 250.0), val_fraction: float = 0.2,
                  batch_size: int = 2, num_workers: int = 0, flips: bool = True, seed: int = 0,
                  cache: bool = True, val_whole_volumes: bool = False,
-                 drop_modalities: list[str] | None = None, case_labels: str | None = None) -> None:
+                 drop_modalities: list[str] | None = None, case_labels: str | None = None,
+                 crop_foreground: bool = False) -> None:
         super().__init__()
         self.root, self.layout = Path(root), layout
         self.modalities = [canonical_modality(m) for m in (modalities or ["t1", "t1ce", "t2", "flair"])]
@@ -368,6 +388,7 @@ class VolumeDataModule(L.LightningDataModule):
         self.flips, self.seed, self.cache = flips, seed, cache
         self.val_whole_volumes = val_whole_volumes
         self.case_labels = case_labels
+        self.crop_foreground = crop_foreground
         self.classes: list[str] = []
         self.drop_modalities = [canonical_modality(m) for m in (drop_modalities or [])]
         unknown = sorted(set(self.drop_modalities) - set(self.modalities))
@@ -412,7 +433,7 @@ class VolumeDataModule(L.LightningDataModule):
                                                 random_crop=train, flips=train and self.flips,
                                                 labels=self.labels, ct_window=self.ct_window, cache=self.cache,
                                                 drop=[self.modalities.index(m) for m in self.drop_modalities],
-                                                case_class=class_of or None)
+                                                case_class=class_of or None, crop_foreground=self.crop_foreground)
 
     @property
     def num_classes(self) -> int:

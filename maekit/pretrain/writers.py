@@ -15,9 +15,10 @@ from maekit.files import atomic_output
 
 class VolumeReconstructionWriter(BasePredictionWriter):
     """For every case and every modality it lacks (`modality_present` False), writes the
-    reconstruction as `<output_dir>/<case>_<modality>_synth.nii.gz` on the case's grid (its
-    affine, intensities in the normalised units the model sees), plus
-    `<case>_reconstruction.png`: middle axial slices of the input and the reconstruction.
+    reconstruction as `<output_dir>/<case>_<modality>_synth.nii.gz`, resampled back onto the
+    grid of the case's source file (its affine and header; intensities in the normalised units
+    the model sees), plus `<case>_reconstruction.png`: middle axial slices of the input and the
+    reconstruction.
 
     Args:
         output_dir: folder for the outputs.
@@ -36,6 +37,7 @@ class VolumeReconstructionWriter(BasePredictionWriter):
         modalities = list(getattr(pl_module.adapter, "channels", []))
         names = batch.get("case") or [f"case_{batch_idx}_{i}" for i in range(recon.shape[0])]
         affines = batch.get("affine")
+        sources = batch.get("source")
         input_index = pl_module.adapter.input_index.cpu().tolist()  # type: ignore[union-attr]
         for i, case in enumerate(names):
             affine = affines[i].cpu().numpy() if affines is not None else np.eye(4)
@@ -44,11 +46,13 @@ class VolumeReconstructionWriter(BasePredictionWriter):
                     continue
                 volume = recon[i, channel].numpy().astype(np.float32)
                 target = self.output_dir / f"{case}_{modalities[channel]}_synth.nii.gz"
+                image = (_on_source_grid(volume, affine, sources[i]) if sources is not None
+                         else nib.Nifti1Image(volume, affine))
                 with atomic_output(target) as tmp:
-                    nib.save(nib.Nifti1Image(volume, affine), str(tmp))
+                    nib.save(image, str(tmp))
             self._picture(batch["image"][i].float().cpu(), recon[i, input_index], case)
 
-    def _picture(self, given: torch.Tensor, recon: torch.Tensor, case: str) -> None:
+    def _picture(self, given: torch.Tensor, recon: torch.Tensor, case: str) -> None:  # noqa: D102
         import matplotlib
 
         matplotlib.use("Agg")
@@ -67,3 +71,21 @@ class VolumeReconstructionWriter(BasePredictionWriter):
                 fig.savefig(tmp, dpi=80, format="png")
         finally:
             plt.close(fig)
+
+
+def _on_source_grid(volume: np.ndarray, affine: np.ndarray, source: str) -> Any:
+    """`volume` on the (RAS, resampled) model grid -> a NIfTI image on the grid of `source`,
+    with the source's affine and header (data type float32)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatch
+
+    src = nib.load(source)
+    shape = src.shape[:3]
+    moving = MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(affine))
+    reference = MetaTensor(torch.zeros(1, *shape), affine=torch.as_tensor(src.affine))
+    data = ResampleToMatch(mode="bilinear")(moving, reference)[0].numpy().astype(np.float32)
+    header = src.header.copy()
+    header.set_data_dtype(np.float32)
+    header["scl_slope"], header["scl_inter"] = np.nan, np.nan
+    return nib.Nifti1Image(data, src.affine, header)

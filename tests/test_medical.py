@@ -236,7 +236,7 @@ def test_ct_pretrain_then_segment_with_sliding_window(tmp_path: Path) -> None:
               "--data.crop_foreground", "true", "--model.adapter.init_args.patch_size", "8", *TINY_MODEL, *CPU_TRAINER,
               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1"]
     assert main(["fit", "-c", str(REPO / "configs" / "ct" / "pretrain.yaml"), *common, *TINY_DECODER,
-                 "--model.figure_every_n_epochs", "1"]) == 0
+                 "--model.decoder_reads", "[1,2]", "--model.figure_every_n_epochs", "1"]) == 0
     ckpt = tmp_path / "runs" / "ct_pretrain" / "version_0" / "checkpoints" / "last.ckpt"
     assert list((ckpt.parent.parent / "reconstructions").glob("*.png"))
     assert main(["fit", "-c", str(REPO / "configs" / "ct" / "segment.yaml"), *common, "--model.roi_size", "[16,16,16]",

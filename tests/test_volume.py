@@ -66,3 +66,17 @@ def test_ct_single_channel_and_errors() -> None:
         adapter.tokenize({"image": torch.randn(1, 1, 8, 12)})
     with pytest.raises(ValueError, match="unknown modality 'pet'"):
         VolumeAdapter(modalities=["ct"], input_modalities=["pet"])
+
+
+def test_hierarchical_decoder_reads_several_encoder_depths() -> None:
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(VolumeAdapter(modalities=["ct"], patch_size=4), size="micro", decoder_width=32,
+                            decoder_depth=2, decoder_heads=2, decoder_reads=[1, 2, 4])
+    batch = {"image": torch.randn(2, 1, 16, 16, 16)}
+    torch.manual_seed(1)
+    out = mae(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert mae.decoder.cross[0].kv.weight.grad.abs().sum() > 0  # the cross-attention is used
+    with pytest.raises(ValueError, match="decoder_reads"):
+        MaskedAutoencoder(VolumeAdapter(modalities=["ct"], patch_size=4), size="nano", decoder_reads=[5])

@@ -1,6 +1,8 @@
 """Domain-agnostic building blocks: position embeddings and transformer stacks."""
 
 from maekit.backbones.posembed import LearnedPositionTable, sincos_embedding
-from maekit.backbones.transformer import SIZES, SizeName, StackSize, TransformerStack
+from maekit.backbones.transformer import (
+    SIZES, CrossAttention, HierarchicalDecoder, SizeName, StackSize, TransformerStack,
+)
 
-__all__ = ["SIZES", "LearnedPositionTable", "SizeName", "StackSize", "TransformerStack", "sincos_embedding"]
+__all__ = ["SIZES", "CrossAttention", "HierarchicalDecoder", "LearnedPositionTable", "SizeName", "StackSize", "TransformerStack", "sincos_embedding"]

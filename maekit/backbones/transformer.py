@@ -92,3 +92,52 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head attention from `x` (queries) to a `memory` of other tokens, residual.
+
+    `memory_valid` (B, M) bool marks the memory tokens that may be attended to.
+    """
+
+    def __init__(self, width: int, heads: int, memory_width: int | None = None) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.memory_norm = nn.LayerNorm(memory_width or width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(memory_width or width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_valid: Tensor | None = None) -> Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(self.norm(x)).reshape(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.memory_norm(memory)).reshape(b, memory.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        mask = None
+        if memory_valid is not None:
+            mask = (memory_valid | ~memory_valid.any(1, keepdim=True))[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class HierarchicalDecoder(nn.Module):
+    """A decoder whose layers also read encoder features of several depths (Hi-End-MAE's
+    encoder-driven hierarchical decoding): layer j cross-attends to level `j % levels`, deepest
+    level first, then runs a self-attention block.
+    """
+
+    def __init__(self, width: int, depth: int, heads: int, memory_width: int, levels: int) -> None:
+        super().__init__()
+        self.levels = levels
+        self.cross = nn.ModuleList(CrossAttention(width, heads, memory_width) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor, memories: Sequence[Tensor], memory_valid: Tensor | None = None) -> Tensor:
+        """`memories`: encoder features (B, K, D_enc) from shallow to deep."""
+        for j, (cross, block) in enumerate(zip(self.cross, self.blocks)):
+            x = cross(x, memories[len(memories) - 1 - (j % len(memories))], memory_valid)
+            x = block(x)
+        return self.norm(x)

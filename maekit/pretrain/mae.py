@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maekit.backbones import SIZES, SizeName, TransformerStack
+from maekit.backbones import SIZES, HierarchicalDecoder, SizeName, TransformerStack
+from maekit.errors import ConfigError
 from maekit.pretrain.masking import MaskGenerator, RandomMasking, Visible
 from maekit.tokens import DomainAdapter, Tokens
 
@@ -38,6 +39,8 @@ class MaskedAutoencoder(nn.Module):
         decoder_width, decoder_depth, decoder_heads: the decoder stack.
         masking: which tokens stay visible; default random at 0.75.
         drop_path: stochastic depth of the encoder.
+        decoder_reads: encoder blocks (1-based) whose outputs every decoder layer also attends
+            to, Hi-End-MAE style (e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_heads: int = 4,
         masking: MaskGenerator | None = None,
         drop_path: float = 0.0,
+        decoder_reads: list[int] | None = None,
     ) -> None:
         super().__init__()
         spec = SIZES[size]
@@ -59,7 +63,12 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(spec.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         self.decoder_group = nn.Embedding(adapter.num_groups, decoder_width)
-        self.decoder = TransformerStack(decoder_width, decoder_depth, decoder_heads)
+        self.decoder_reads = sorted(set(decoder_reads)) if decoder_reads else []
+        if any(not 1 <= b <= spec.depth for b in self.decoder_reads):
+            raise ConfigError(f"decoder_reads {decoder_reads} must name encoder blocks 1..{spec.depth}")
+        self.decoder: nn.Module = (
+            HierarchicalDecoder(decoder_width, decoder_depth, decoder_heads, spec.width, len(self.decoder_reads))
+            if self.decoder_reads else TransformerStack(decoder_width, decoder_depth, decoder_heads))
         self.decoder_pred = nn.Linear(decoder_width, adapter.token_size)
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.decoder_group.weight, std=0.02)
@@ -72,13 +81,16 @@ class MaskedAutoencoder(nn.Module):
         names = {"mask_token", "decoder_group.weight"}
         return names | {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
 
-    def forward_encoder(self, tokens: Tokens, visible: Visible) -> Tensor:
-        """(B, K, D) encoding of the visible tokens."""
+    def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:
+        """(B, K, D) encoding of the visible tokens, and the outputs of the `decoder_reads` blocks."""
         x = self.adapter.embed(tokens)
         x = torch.gather(x, 1, visible.index[..., None].expand(-1, -1, x.shape[-1]))
-        return self.encoder(x, visible.valid)
+        if not self.decoder_reads:
+            return self.encoder(x, visible.valid), []
+        return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads))
 
-    def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible) -> Tensor:
+    def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible,
+                        levels: list[Tensor] | None = None) -> Tensor:
         """(B, N, P) predictions for every position, visible or not, present or not."""
         batch, num = tokens.present.shape
         y = self.decoder_embed(latent)
@@ -89,6 +101,8 @@ class MaskedAutoencoder(nn.Module):
         full = full.scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
         position = self.adapter.encode_position(tokens.coords, full.shape[-1]).to(full.dtype)
         full = full + position + self.decoder_group(tokens.group).to(full.dtype)
+        if self.decoder_reads:
+            return self.decoder_pred(self.decoder(full, levels, visible.valid))
         return self.decoder_pred(self.decoder(full))
 
     def forward(self, batch: dict[str, Any], visible: Visible | None = None) -> MAEOutput:
@@ -96,7 +110,8 @@ class MaskedAutoencoder(nn.Module):
         tokens = self.adapter.tokenize(batch)
         if visible is None:
             visible = self.masking(tokens)
-        pred = self.forward_decoder(self.forward_encoder(tokens, visible), tokens, visible)
+        latent, levels = self.forward_encoder(tokens, visible)
+        pred = self.forward_decoder(latent, tokens, visible, levels)
         with torch.autocast(device_type=pred.device.type, enabled=False):
             pred32 = pred.float()
             per_token = self.adapter.loss(pred32, self.adapter.target(tokens), tokens)

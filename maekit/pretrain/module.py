@@ -32,6 +32,8 @@ class MAEPretrainModule(L.LightningModule):
         figure_every_n_epochs: save a reconstruction PNG under the run directory every N epochs
             (0 turns figures off).
         compile: run the encoder and decoder through `torch.compile`.
+        decoder_reads: encoder blocks every decoder layer also attends to (Hi-End-MAE's
+            hierarchical decoding, e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
     """
 
     def __init__(
@@ -49,10 +51,12 @@ class MAEPretrainModule(L.LightningModule):
         warmup_epochs: float = 1.0,
         figure_every_n_epochs: int = 1,
         compile: bool = False,
+        decoder_reads: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["adapter", "masking"])
-        self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking)
+        self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking,
+                                     decoder_reads=decoder_reads)
         if compile:
             self.mae.encoder = torch.compile(self.mae.encoder)  # type: ignore[assignment]
             self.mae.decoder = torch.compile(self.mae.decoder)  # type: ignore[assignment]

@@ -247,3 +247,22 @@ def test_ct_pretrain_then_segment_with_sliding_window(tmp_path: Path) -> None:
     with open(tmp_path / "runs" / "ct_segment" / "version_0" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/dice")]
     assert rows and all(rows[-1].get(f"val/dice_{k}") for k in (1, 2, 3))
+
+
+def test_dicom_series_in_a_ct_folder(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    from maekit.datasets.medical_samples import write_dicom_series
+
+    volume = np.full((6, 16, 20), -1000, np.int16)
+    volume[:, 4:12, 5:15] = 40
+    write_dicom_series(tmp_path / "ct" / "series_a", volume, spacing=(2.5, 0.8, 0.8))
+    save(tmp_path / "ct" / "volume_b.nii.gz", np.zeros((8, 8, 8), np.int16))
+    cases = find_cases(tmp_path / "ct", modalities=["ct"])
+    assert [c.name for c in cases] == ["series_a", "volume_b"]
+    item = load_case(cases[0], ["ct"], kind="ct", pixdim=None)
+    assert item["image"].shape == (1, 20, 16, 6)
+    assert float(item["image"].min()) == 0.0 and 0.49 < float(item["image"].max()) < 0.51  # 40 HU in the window
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.dcm").write_bytes(b"nope")
+    with pytest.raises(DataError, match="bad: cannot be read as a DICOM series"):
+        load_case(Case("bad", {"ct": (tmp_path / "bad", None)}), ["ct"], kind="ct")

@@ -3,7 +3,8 @@
 Layouts: BraTS (one file per modality, 2021 `<case>_t1ce.nii.gz` or 2023 `<case>-t1c.nii.gz`
 naming), MSD Decathlon (`dataset.json`, several modalities as channels of one file), nnU-Net
 raw (`dataset.json` with `channel_names`, `<case>_0000.nii.gz`...), and a plain folder of
-single-modality volumes (CT). Loading goes through MONAI: orientation to RAS, resampling to a
+single-modality volumes (CT): NIfTI files, or DICOM series (one folder of `.dcm` slices each,
+read with pydicom through MONAI). Loading goes through MONAI: orientation to RAS, resampling to a
 spacing, every modality resampled onto the grid of the case's first one (so a T2 and an ADC
 map on different grids become one two-channel volume), per-modality non-zero z-scores (MRI)
 or an HU window scaled to [0, 1] (CT). Modalities a case lacks are zeros with
@@ -115,6 +116,8 @@ def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[s
                 case.label = label if label.exists() else None
     else:
         mod = canonical_modality(modalities[0]) if modalities else "ct"
+        for series in sorted({p.parent for p in root.rglob("*.dcm")}):  # one DICOM series per folder
+            cases[series.name] = Case(series.name, {mod: (series, None)})
         for path in sorted(p for p in root.rglob("*") if _is_nifti(p)):
             name = path.name.split(".nii")[0]
             if name.endswith(("_seg", "-seg")):
@@ -185,6 +188,8 @@ def _plain(t: Any) -> torch.Tensor:
 def _has_spatial_header(path: Path) -> bool:
     import nibabel as nib
 
+    if path.is_dir():  # DICOM series carry their geometry in every slice
+        return True
     header = nib.load(str(path)).header
     return int(header.get("sform_code", 0)) > 0 or int(header.get("qform_code", 0)) > 0
 
@@ -206,6 +211,7 @@ def load_case(
     from monai.transforms import LoadImage, NormalizeIntensity, Orientation, ResampleToMatch, Spacing
 
     loader = LoadImage(image_only=True, ensure_channel_first=True)
+    dicom = LoadImage(image_only=True, ensure_channel_first=True, reader="PydicomReader")
     orient = Orientation(axcodes="RAS")
     space = Spacing(pixdim=tuple(pixdim), mode="bilinear") if pixdim else None
     wanted = [canonical_modality(m) for m in modalities]
@@ -218,9 +224,10 @@ def load_case(
     for mod in found:
         path, channel = case.images[mod]
         try:
-            vol = loader(str(path))
-        except Exception as err:  # MONAI/nibabel raise many kinds of errors for broken files
-            raise DataError(path, f"cannot be read as NIfTI: {err}") from err
+            vol = dicom(str(path)) if path.is_dir() else loader(str(path))
+        except Exception as err:  # MONAI/nibabel/pydicom raise many kinds of errors for broken files
+            kind_of = "a DICOM series (is pydicom installed?)" if path.is_dir() else "NIfTI"
+            raise DataError(path, f"cannot be read as {kind_of}: {err}") from err
         vol = orient(_check_volume(path, vol, channel).float())
         if space is not None:
             vol = space(vol)

@@ -139,3 +139,37 @@ def make_ct_dataset(root: str | Path, cases: int = 6, size: int = 32, spacing: f
         _save(root / f"ct_{i:03d}.nii.gz", np.round(hu), spacing, "int16")
         _save(root / f"ct_{i:03d}_seg.nii.gz", label, spacing, "uint8")
     return root
+
+
+def write_dicom_series(folder: str | Path, volume: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                       modality: str = "CT") -> Path:
+    """Write `volume` (slices, rows, cols) int16 as a DICOM series, one file per slice."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    data = volume.astype(np.int16)
+    for k, plane in enumerate(data):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.InstanceNumber = modality, "PHANTOM", k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(spacing[0]) * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
+        ds.SliceThickness = float(spacing[0])
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = plane.tobytes()
+        pydicom.dcmwrite(folder / f"{k:04d}.dcm", ds, enforce_file_format=True)
+    return folder

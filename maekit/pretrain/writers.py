@@ -46,8 +46,8 @@ class VolumeReconstructionWriter(BasePredictionWriter):
                     continue
                 volume = recon[i, channel].numpy().astype(np.float32)
                 target = self.output_dir / f"{case}_{modalities[channel]}_synth.nii.gz"
-                image = (_on_source_grid(volume, affine, sources[i]) if sources is not None
-                         else nib.Nifti1Image(volume, affine))
+                on_source = sources is not None and Path(sources[i]).is_file()  # NIfTI, not a DICOM folder
+                image = _on_source_grid(volume, affine, sources[i]) if on_source else nib.Nifti1Image(volume, affine)
                 with atomic_output(target) as tmp:
                     nib.save(image, str(tmp))
             self._picture(batch["image"][i].float().cpu(), recon[i, input_index], case)

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-medical test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,16 @@ install: $(STAMP)
 demo: install
 	$(PY) -m maekit.demo --out demo_run
 
+demo-medical: install
+	$(PY) -m maekit.demo_medical --out demo_medical
+
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) benchmarks/mae_step.py
 	$(PY) benchmarks/geotiff_chips.py
+	$(PY) benchmarks/mri_step.py
 
 clean:
-	rm -rf demo_run runs lightning_logs benchmarks/_data
+	rm -rf demo_run demo_medical runs lightning_logs benchmarks/_data

@@ -4,6 +4,8 @@
     maekit domains                     # domains, band presets and shipped configs
     maekit stats -c CONFIG             # per-band statistics of a dataset, as config YAML
     maekit sample-data OUT [--preset naip|toa] [--task classification|segmentation]
+    maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
+    maekit weights list|info|download|add
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from maekit.errors import MaekitError
+from maekit.errors import ConfigError, MaekitError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -119,7 +121,71 @@ def cmd_stats(argv: list[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data}
+def cmd_export(argv: list[str]) -> int:
+    """Turn a training checkpoint into a publishable folder: model.safetensors, config.json, README.md."""
+    from maekit.weights import export
+
+    p = argparse.ArgumentParser(prog="maekit export", description=cmd_export.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--name")
+    p.add_argument("--training-data", default="", help="what it was trained on, for the model card")
+    p.add_argument("--licence", default="unspecified")
+    a = p.parse_args(argv)
+    out = export(a.checkpoint, a.out_dir, a.training_data, a.licence, a.name)
+    print(f"exported {out}: {', '.join(sorted(f.name for f in out.iterdir()))}")
+    return 0
+
+
+def cmd_weights(argv: list[str]) -> int:
+    """Pretrained weights: list, info NAME, download NAME, add NAME URL."""
+    import json
+
+    from maekit.weights import add_entry, download, registry
+
+    p = argparse.ArgumentParser(prog="maekit weights", description=cmd_weights.__doc__)
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list")
+    sub.add_parser("info").add_argument("name")
+    d = sub.add_parser("download")
+    d.add_argument("name")
+    d.add_argument("--trust-unverified", action="store_true")
+    add = sub.add_parser("add", help="register weights by URL (+ sha256) in $MAEKIT_HOME/registry.json")
+    add.add_argument("name")
+    add.add_argument("url")
+    add.add_argument("--sha256")
+    for field in ("domain", "backbone", "licence", "source", "size"):
+        add.add_argument(f"--{field}", default="")
+    add.add_argument("--bands", nargs="*", default=[])
+    add.add_argument("--modalities", nargs="*", default=[])
+    a = p.parse_args(argv)
+    entries = registry()
+    if a.action == "list":
+        if not entries:
+            print("no registered weights (add your own with `maekit weights add`)")
+        for e in entries.values():
+            channels = ",".join(e.get("bands") or e.get("modalities") or [])
+            print(f"{e['name']:30s} {e.get('domain', ''):14s} {e.get('backbone', ''):10s} {channels:24s} "
+                  f"{e.get('size', ''):8s} {e.get('licence', ''):12s} {e.get('source') or e['url']}"
+                  f"{'' if e.get('sha256') else '  (unverified)'}")
+    elif a.action == "info":
+        if a.name not in entries:
+            raise ConfigError(f"no registered weights called {a.name!r}")
+        print(json.dumps(entries[a.name], indent=2))
+    elif a.action == "download":
+        if a.name not in entries:
+            raise ConfigError(f"no registered weights called {a.name!r}")
+        e = entries[a.name]
+        print(download(e["url"], e.get("sha256"), e.get("filename"), trust_unverified=a.trust_unverified))
+    else:
+        entry = {k: v for k, v in vars(a).items() if k != "action" and v not in (None, "", [])}
+        add_entry(entry)
+        print(f"registered {a.name}{'' if a.sha256 else ' (unverified: downloads need --trust-unverified)'}")
+    return 0
+
+
+EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
+                  "export": cmd_export, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:

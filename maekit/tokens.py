@@ -124,3 +124,16 @@ class DomainAdapter(nn.Module, ABC):
     def no_weight_decay(self) -> set[str]:
         """Names (relative to the adapter) of parameters that take no weight decay."""
         return set()
+
+    #: the arguments the adapter was built with (set by each adapter), for exported configs
+    init_args: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        """`class_path` + `init_args` that rebuild this adapter (Lightning CLI form), and the
+        names of its channels under their kind (`bands`, `modalities`) when it has them."""
+        cls = type(self)
+        out: dict[str, Any] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.init_args)}
+        channels = getattr(self, "channels", None)
+        if channels:
+            out[f"{getattr(self, 'channel_kind', 'channel')}s"] = list(channels)
+        return out

@@ -43,9 +43,11 @@ class VolumeAdapter(PatchGridAdapter):
         position: Literal["sincos", "learned"] = "sincos",
         max_grid: int = 32,
     ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         names = list(modalities) if modalities is not None else list(BRATS_MODALITIES)
         super().__init__(names, [[m] for m in names], patch_size, 3, input_modalities, norm_pix_loss, loss,
                          position, max_grid)
+        self.init_args = args
 
     @property
     def modalities(self) -> list[str]:

@@ -14,7 +14,7 @@ from maekit.errors import ConfigError
 from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
 from maekit.optim import build_adamw, lightning_schedule, param_groups
 from maekit.tokens import DomainAdapter, Tokens
-from maekit.weights import load_encoder
+from maekit.weights.loading import load_encoder
 
 
 class EncoderTask(L.LightningModule):
@@ -23,8 +23,9 @@ class EncoderTask(L.LightningModule):
     Args:
         adapter: the domain adapter, configured as in pretraining.
         size: encoder size, as in pretraining.
-        pretrained: checkpoint (Lightning `.ckpt`, `.pt`, `.safetensors`) to take the adapter and
-            encoder weights from; None trains from scratch.
+        pretrained: where to take the adapter and encoder weights from: a Lightning `.ckpt`, `.pt`,
+            `.safetensors`, an exported folder, an http(s) URL (`#sha256=...`), `hf://org/repo/file`
+            or a registry name; None trains from scratch.
         freeze_encoder: train the head only (linear probing).
         lr: peak learning rate of the head; encoder layers get `lr * layer_decay**depth`.
         layer_decay: layer-wise lr decay (1 disables it).
@@ -52,8 +53,10 @@ class EncoderTask(L.LightningModule):
         self.encoder = TransformerStack(spec.width, spec.depth, spec.heads,
                                         drop_path=0.0 if freeze_encoder else drop_path)
         self.width = spec.width
-        if pretrained:
-            load_encoder(self, pretrained)
+        if pretrained:  # a path, an exported folder, a URL, hf://... or a registry name
+            from maekit.weights.hub import resolve
+
+            load_encoder(self, resolve(pretrained))
         if freeze_encoder:
             for part in (self.adapter, self.encoder):
                 part.requires_grad_(False)
@@ -63,6 +66,11 @@ class EncoderTask(L.LightningModule):
         connect = getattr(self.adapter, "connect_datamodule", None)
         if datamodule is not None and connect is not None:
             connect(datamodule)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what rebuilds the encoder for `maekit export`."""
+        checkpoint["maekit"] = {"adapter": self.adapter.config(), "size": self.hparams.size, "prefix": "",
+                                "task": type(self).__name__}
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_encoder:

@@ -73,6 +73,15 @@ class MAEPretrainModule(L.LightningModule):
         if datamodule is not None and connect is not None:
             connect(datamodule)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what rebuilds the model (adapter, sizes, masking-free) for `maekit export`."""
+        hp = self.hparams
+        checkpoint["maekit"] = {
+            "adapter": self.adapter.config(), "size": hp.size, "decoder_width": hp.decoder_width,
+            "decoder_depth": hp.decoder_depth, "decoder_heads": hp.decoder_heads,
+            "decoder_reads": list(hp.get("decoder_reads") or []), "prefix": "mae.", "task": "pretrain",
+        }
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.mae(batch)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True,

@@ -22,6 +22,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a `.safetensors`, `.ckpt`, `.pt` or `.pth` file (a Lightning checkpoint's
     `state_dict` is unwrapped)."""
     path = Path(path)
+    if path.is_dir():  # an exported model folder
+        path = path / "model.safetensors"
     if not path.is_file():
         raise DataError(path, "weights file does not exist")
     if path.suffix == ".safetensors":

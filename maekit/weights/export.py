@@ -1,0 +1,104 @@
+"""`maekit export CKPT OUT_DIR`: a training checkpoint -> a publishable folder.
+
+The folder holds `model.safetensors` (all weights of the model, under the names the kit
+loads), `config.json` (how to rebuild it: adapter class and arguments, sizes, bands or
+modalities, statistics, patch size, training data, metrics) and a model card `README.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maekit.errors import DataError
+from maekit.files import write_text_atomic
+
+FORMAT = "maekit-weights/1"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint of the kit, loaded safely (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise DataError(path, f"cannot be loaded safely (weights_only=True): {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(path, "is not a Lightning checkpoint (no state_dict)")
+    if "maekit" not in ckpt:
+        raise DataError(path, "was not written by a maekit module (no model description); re-save it with this version")
+    return ckpt
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, training_data: str = "", licence: str = "unspecified",
+           name: str | None = None) -> Path:
+    """Write the publishable folder for `checkpoint`; returns it. Written to a temporary folder
+    first and moved into place, so a failed export leaves no partial folder."""
+    from safetensors.torch import save_file
+
+    ckpt = read_checkpoint(checkpoint)
+    meta = dict(ckpt["maekit"])
+    prefix = meta.pop("prefix", "")
+    state = {k[len(prefix):]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k.replace("._orig_mod.", "."): v for k, v in state.items()}
+    adapter_args = meta["adapter"]["init_args"]
+    channels = {k: list(meta["adapter"][k]) for k in ("bands", "modalities") if meta["adapter"].get(k)}
+    stats = {k[len("adapter."):]: state[k].tolist() for k in ("adapter.mean", "adapter.std", "adapter.scale",
+                                                             "adapter.offset") if k in state}
+    metrics = {k: float(v) for k, v in ckpt.get("callbacks", {}).items() if isinstance(v, (int, float))}
+    for key, value in ckpt.get("callbacks", {}).items():
+        if isinstance(value, dict) and value.get("best_model_score") is not None:
+            metrics[f"{value.get('monitor', 'best')}"] = float(value["best_model_score"])
+    config = {"format": FORMAT, "name": name or Path(out_dir).name, **meta, **channels, "statistics": stats,
+              "patch_size": adapter_args.get("patch_size"), "training_data": training_data,
+              "epochs": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "metrics": metrics,
+              "licence": licence}
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(out_dir, "already exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": FORMAT})
+        write_text_atomic(staging / "config.json", json.dumps(config, indent=2) + "\n")
+        write_text_atomic(staging / "README.md", model_card(config))
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """A short model card from an exported config."""
+    adapter = config["adapter"]
+    lines = [
+        f"# {config['name']}", "",
+        f"A maekit {config.get('task', 'model')} checkpoint: `{adapter['class_path']}` adapter, "
+        f"`{config['size']}` encoder, patch size {config.get('patch_size')}.", "",
+        "## Inputs", "",
+    ]
+    if config.get("bands"):
+        lines.append(f"Bands: {', '.join(config['bands'])}.")
+    if config.get("modalities"):
+        lines.append(f"Modalities: {', '.join(config['modalities'])}.")
+    if config.get("statistics"):
+        lines += ["", "Normalisation statistics (physical units):", ""]
+        lines += [f"- {k}: {', '.join(f'{v:.6g}' for v in values)}" for k, values in config["statistics"].items()]
+    lines += ["", "## Training", "", f"Data: {config.get('training_data') or 'not recorded'}.",
+              f"Epochs: {config.get('epochs')}, steps: {config.get('global_step')}."]
+    if config.get("metrics"):
+        lines += ["", "Metrics: " + ", ".join(f"{k} = {v:.4g}" for k, v in config["metrics"].items()) + "."]
+    lines += ["", "## Use", "", "```python", "import maekit.weights as w",
+              f"encoder = w.from_pretrained(\"path/to/{config['name']}\")", "```", "",
+              f"Licence: {config.get('licence', 'unspecified')}.", ""]
+    return "\n".join(lines)

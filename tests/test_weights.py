@@ -1,0 +1,199 @@
+"""Pretrained weights: verified downloads from a real local HTTP server, export, from_pretrained."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from maekit.cli import main
+from maekit.datasets import ChipDataModule
+from maekit.domains import MultispectralAdapter
+from maekit.finetune import ClassificationTask
+from maekit.pretrain import MAEPretrainModule
+from maekit.weights import PretrainedEncoder, WeightsError, download, export, from_pretrained
+
+
+class Server:
+    """A threaded HTTP server over a folder; `drop_first` requests of a path are cut half-way."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.drop_first, self.requests = root, 0, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests += 1
+                path = outer.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if outer.drop_first > 0:
+                    outer.drop_first -= 1
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "srv").mkdir()
+    s = Server(tmp_path / "srv")
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def maekit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MAEKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MAEKIT_OFFLINE", raising=False)
+    return tmp_path / "home"
+
+
+def cache_files(home: Path) -> list[Path]:
+    return [p for p in (home / "weights").rglob("*") if p.is_file()] if (home / "weights").exists() else []
+
+
+def publish(server: Server, name: str, data: bytes) -> tuple[str, str]:
+    (server.root / name).write_bytes(data)
+    return f"{server.url}/{name}", hashlib.sha256(data).hexdigest()
+
+
+def test_good_hash_is_cached_and_reused(server: Server, maekit_home: Path) -> None:
+    url, sha = publish(server, "w.bin", b"weights" * 1000)
+    path = download(url, sha, progress=False)
+    assert path.read_bytes() == b"weights" * 1000 and cache_files(maekit_home) == [path]
+    before = server.requests
+    assert download(url, sha, progress=False) == path and server.requests == before  # from the cache
+
+
+def test_bad_hash_names_both_hashes_and_caches_nothing(server: Server, maekit_home: Path) -> None:
+    url, sha = publish(server, "w.bin", b"abc")
+    wrong = "0" * 64
+    with pytest.raises(WeightsError, match=f"expected {wrong}, got {sha}"):
+        download(url, wrong, progress=False)
+    assert cache_files(maekit_home) == []
+
+
+def test_dropped_connection_leaves_nothing_and_retry_succeeds(server: Server, maekit_home: Path) -> None:
+    url, sha = publish(server, "big.bin", bytes(range(256)) * 4000)
+    server.drop_first = 1
+    path = download(url, sha, progress=False, backoff=0.01)
+    assert path.read_bytes() == bytes(range(256)) * 4000 and server.requests == 2
+    server.drop_first = 5
+    (path).unlink()
+    with pytest.raises(WeightsError, match="download failed after 2 attempt"):
+        download(url, sha, progress=False, retries=2, backoff=0.01)
+    assert cache_files(maekit_home) == []
+
+
+def test_offline_uses_only_the_cache(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, sha = publish(server, "w.bin", b"x" * 10)
+    path = download(url, sha, progress=False)
+    monkeypatch.setenv("MAEKIT_OFFLINE", "1")
+    assert download(url, sha, progress=False) == path
+    other, other_sha = publish(server, "other.bin", b"y")
+    with pytest.raises(WeightsError, match="not in the cache .* MAEKIT_OFFLINE"):
+        download(other, other_sha, progress=False)
+
+
+def test_unpinned_downloads_need_trust(server: Server) -> None:
+    url, _ = publish(server, "w.bin", b"z")
+    with pytest.raises(WeightsError, match="no sha256 is pinned"):
+        download(url, None, progress=False)
+    assert download(url, None, trust_unverified=True, progress=False).read_bytes() == b"z"
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(naip_chips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    L.seed_everything(0)
+    model = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8), size="nano", decoder_width=32,
+                              decoder_depth=1, decoder_heads=2, figure_every_n_epochs=0)
+    root = tmp_path_factory.mktemp("w")
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root)
+    trainer.fit(model, ChipDataModule(str(naip_chips), batch_size=8))
+    path = root / "pre.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_export_then_from_pretrained_gives_identical_outputs(pretrained_run: Path, tmp_path: Path) -> None:
+    out = export(pretrained_run, tmp_path / "naip-nano", training_data="generated NAIP-like chips", licence="MIT")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["bands"] == ["R", "G", "B", "NIR"] and config["size"] == "nano" and config["patch_size"] == 8
+    assert len(config["statistics"]["mean"]) == 4 and "R, G, B, NIR" in (out / "README.md").read_text()
+    encoder = from_pretrained(out)
+    assert isinstance(encoder, PretrainedEncoder) and encoder.config["bands"] == ["R", "G", "B", "NIR"]
+    direct = from_pretrained(pretrained_run)
+    batch = {"image": torch.randint(1, 255, (2, 4, 32, 32), dtype=torch.uint8)}
+    with torch.no_grad():
+        assert torch.equal(encoder(batch)[0], direct(batch)[0])
+    full = from_pretrained(out, full=True)
+    module = MAEPretrainModule.load_from_checkpoint(pretrained_run, adapter=MultispectralAdapter(preset="naip", patch_size=8),
+                                                    weights_only=False).eval()
+    torch.manual_seed(3)
+    a = full(batch).pred
+    torch.manual_seed(3)
+    b = module.mae(batch).pred
+    assert torch.equal(a, b)
+    with pytest.raises(Exception, match="not empty"):
+        export(pretrained_run, out)
+
+
+def test_pretrained_by_url_in_a_fine_tuning_config(pretrained_run: Path, server: Server, tmp_path: Path,
+                                                   maekit_home: Path) -> None:
+    out = export(pretrained_run, tmp_path / "exp")
+    url, sha = publish(server, "model.safetensors", (out / "model.safetensors").read_bytes())
+    task = ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=4, size="nano",
+                              pretrained=f"{url}#sha256={sha}")
+    reference = from_pretrained(out)
+    assert torch.equal(task.encoder.blocks[0].attn.qkv.weight, reference.encoder.blocks[0].attn.qkv.weight)
+    assert main(["weights", "add", "naip-nano", url, "--sha256", sha, "--domain", "multispectral",
+                 "--bands", "R", "G", "B", "NIR", "--licence", "MIT"]) == 0
+    task = ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=4, size="nano",
+                              pretrained="naip-nano")
+    assert torch.equal(task.adapter.patch_embed[0].weight, reference.adapter.patch_embed[0].weight)
+
+
+def test_weights_and_export_commands(pretrained_run: Path, server: Server, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(pretrained_run), str(tmp_path / "pub"), "--training-data", "chips"]) == 0
+    url, sha = publish(server, "m.safetensors", (tmp_path / "pub" / "model.safetensors").read_bytes())
+    assert main(["weights", "add", "mine", url, "--sha256", sha, "--domain", "multispectral"]) == 0
+    assert main(["weights", "add", "loose", url]) == 0
+    capsys.readouterr()
+    assert main(["weights", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "mine" in listing and "loose" in listing and "(unverified)" in listing
+    assert main(["weights", "info", "mine"]) == 0 and sha in capsys.readouterr().out
+    assert main(["weights", "download", "mine"]) == 0
+    assert Path(capsys.readouterr().out.strip()).read_bytes() == (tmp_path / "pub" / "model.safetensors").read_bytes()
+    assert main(["weights", "download", "loose"]) == 2  # unverified without --trust-unverified
+    assert "no sha256 is pinned" in capsys.readouterr().err

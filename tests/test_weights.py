@@ -197,3 +197,37 @@ def test_weights_and_export_commands(pretrained_run: Path, server: Server, tmp_p
     assert Path(capsys.readouterr().out.strip()).read_bytes() == (tmp_path / "pub" / "model.safetensors").read_bytes()
     assert main(["weights", "download", "loose"]) == 2  # unverified without --trust-unverified
     assert "no sha256 is pinned" in capsys.readouterr().err
+
+
+def test_loading_into_another_band_set_keeps_matching_groups(tmp_path: Path) -> None:
+    """A Sentinel-2 model (4 groups) loaded into a model of only its 10 m bands plus SWIR: the
+    shared groups keep their pretrained projections and statistics, the rest is reported."""
+    torch.manual_seed(0)
+    source = MAEPretrainModule(MultispectralAdapter(preset="sentinel2", patch_size=8), size="nano")
+    ckpt = tmp_path / "s2.ckpt"
+    checkpoint = {"state_dict": source.state_dict(), "maekit": {"adapter": source.adapter.config(), "size": "nano",
+                                                                 "prefix": "mae."}}
+    torch.save(checkpoint, ckpt)
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12", "B99"]
+    groups = [["B02", "B03", "B04", "B08"], ["B11", "B12"], ["B99"]]
+    target = MultispectralAdapter(bands=bands, groups=groups, patch_size=8, mean=[0.0] * 7, std=[1.0] * 7)
+    with pytest.warns(UserWarning, match=r"groups kept .*newly initialised \[\['B99'\]\].*dropped"):
+        task = ClassificationTask(target, num_classes=3, size="nano", pretrained=str(ckpt))
+    src = source.mae.adapter
+    assert torch.equal(task.adapter.patch_embed[0].weight, src.patch_embed[0].weight)  # the 10 m group
+    assert torch.equal(task.adapter.patch_embed[1].weight, src.patch_embed[2].weight)  # SWIR
+    assert torch.equal(task.adapter.group_embed.weight[1], src.group_embed.weight[2])
+    assert task.adapter.mean[0] == src.mean[1] and task.adapter.mean[6] == 0.0  # by band name; B99 keeps its own
+
+
+def test_learned_position_table_is_interpolated_to_a_new_grid(tmp_path: Path) -> None:
+    source = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=4),
+                               size="nano")
+    ckpt = tmp_path / "p.ckpt"
+    torch.save({"state_dict": source.state_dict(), "maekit": {"adapter": source.adapter.config(), "size": "nano",
+                                                               "prefix": "mae."}}, ckpt)
+    with pytest.warns(UserWarning, match="position table interpolated"):
+        task = ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=8),
+                                  num_classes=2, size="nano", pretrained=str(ckpt))
+    table = task.adapter.pos_table.table
+    assert table.shape == (64, 64) and torch.isfinite(table).all()

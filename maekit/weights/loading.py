@@ -21,7 +21,19 @@ _PARTS = ("adapter.", "encoder.")
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a `.safetensors`, `.ckpt`, `.pt` or `.pth` file (a Lightning checkpoint's
     `state_dict` is unwrapped)."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
+    """The tensors of a weights file and, when known, the model description it was saved with
+    (a kit checkpoint's `maekit` entry, or the `config.json` of an exported folder)."""
     path = Path(path)
+    config = None
+    sidecar = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    if (path.is_dir() or path.suffix == ".safetensors") and sidecar.is_file():
+        import json
+
+        config = json.loads(sidecar.read_text())
     if path.is_dir():  # an exported model folder
         path = path / "model.safetensors"
     if not path.is_file():
@@ -30,7 +42,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path)), config
         except Exception as err:  # safetensors raises its own error types
             raise DataError(path, f"is not a valid safetensors file: {err}") from err
     try:
@@ -38,10 +50,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as err:  # unpickling errors come in many types
         raise DataError(path, f"cannot be loaded safely (weights_only=True): {err}") from err
     if isinstance(obj, dict) and "state_dict" in obj:
+        config = obj.get("maekit")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise DataError(path, "does not hold a state dict of tensors")
-    return obj
+    return obj, config
 
 
 def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -61,10 +74,12 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
     are named in a warning; statistics buffers (band mean/std...) that differ from the
     configured ones are taken from the file, with a warning. Returns the missing names.
     """
-    state = encoder_state(read_state_dict(path))
+    raw, config = read_weights(path)
+    state = encoder_state(raw)
     if not state:
         raise DataError(path, "holds no encoder weights (no 'encoder.*' keys)")
     own = {k: v for k, v in module.state_dict().items() if k.startswith(_PARTS)}
+    state = _adapt(state, own, module, config, path)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     unexpected = sorted(set(state) - set(own))
@@ -83,3 +98,72 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
                       "the configured ones", stacklevel=2)
     module.load_state_dict(state, strict=False)
     return missing
+
+
+def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, config: dict | None,
+           path: str | Path) -> dict[str, Tensor]:
+    """Fit weights saved for another input onto `module`: a learned position table of another
+    grid size is interpolated; band/modality groups are matched by name (kept where the same
+    channels form a group in both, newly initialised where not), per-channel statistics by
+    channel name. Every change is reported in one warning."""
+    notes: list[str] = []
+    key = "adapter.pos_table.table"
+    if key in state and key in own and state[key].shape != own[key].shape:
+        state = dict(state, **{key: _interpolate_table(state[key], own[key], module)})
+        notes.append(f"position table interpolated from {tuple(state[key].shape)} entries to {tuple(own[key].shape)}")
+    target = getattr(module, "adapter", None)
+    source_spec = (config or {}).get("adapter")
+    if source_spec and hasattr(target, "groups") and hasattr(target, "channels"):
+        from maekit.weights.hub import _build_adapter
+
+        source = _build_adapter(source_spec)
+        if source.groups != target.groups or source.channels != target.channels:  # type: ignore[attr-defined]
+            state = _remap_groups(state, own, source, target, notes)
+    if notes:
+        warnings.warn(f"{path}: " + "; ".join(notes), stacklevel=3)
+    return state
+
+
+def _interpolate_table(table: Tensor, like: Tensor, module: nn.Module) -> Tensor:
+    dims = getattr(getattr(module, "adapter", None), "spatial_dims", 2)
+    src = round(table.shape[0] ** (1 / dims))
+    dst = round(like.shape[0] ** (1 / dims))
+    grid = table.T.reshape(1, table.shape[1], *([src] * dims))
+    mode = "bicubic" if dims == 2 else "trilinear"
+    out = torch.nn.functional.interpolate(grid.float(), size=[dst] * dims, mode=mode, align_corners=False)
+    return out.reshape(table.shape[1], -1).T.to(table.dtype)
+
+
+def _remap_groups(state: dict[str, Tensor], own: dict[str, Tensor], source: nn.Module, target: nn.Module,
+                  notes: list[str]) -> dict[str, Tensor]:
+    original = state
+    state = {k: v for k, v in state.items() if not k.startswith("adapter.patch_embed.")}
+    kept, new = [], []
+    group_embed = own["adapter.group_embed.weight"].clone() if "adapter.group_embed.weight" in own else None
+    for j, group in enumerate(target.groups):  # type: ignore[attr-defined]
+        matches = [i for i, g in enumerate(source.groups) if g == group]  # type: ignore[attr-defined]
+        for part in ("weight", "bias"):
+            name = f"adapter.patch_embed.{j}.{part}"
+            if matches:
+                state[name] = original[f"adapter.patch_embed.{matches[0]}.{part}"]
+            else:
+                state[name] = own[name]
+        if matches:
+            kept.append(group)
+            if group_embed is not None and "adapter.group_embed.weight" in original:
+                group_embed[j] = original["adapter.group_embed.weight"][matches[0]]
+        else:
+            new.append(group)
+    if group_embed is not None:
+        state["adapter.group_embed.weight"] = group_embed
+    for stat in ("adapter.mean", "adapter.std", "adapter.scale", "adapter.offset"):
+        if stat in original and stat in own:
+            values = own[stat].clone()
+            for c, name in enumerate(target.channels):  # type: ignore[attr-defined]
+                if name in source.channels:  # type: ignore[attr-defined]
+                    values[c] = original[stat][source.channels.index(name)]  # type: ignore[attr-defined]
+            state[stat] = values
+    dropped = [g for g in source.groups if g not in target.groups]  # type: ignore[attr-defined]
+    notes.append(f"groups kept {kept}" + (f", newly initialised {new}" if new else "")
+                 + (f", dropped {dropped}" if dropped else ""))
+    return state

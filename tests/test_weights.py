@@ -231,3 +231,39 @@ def test_learned_position_table_is_interpolated_to_a_new_grid(tmp_path: Path) ->
                                   num_classes=2, size="nano", pretrained=str(ckpt))
     table = task.adapter.pos_table.table
     assert table.shape == (64, 64) and torch.isfinite(table).all()
+
+
+def test_timm_vit_converter_matches_timm_features(tmp_path: Path) -> None:
+    """timm's ViT with random weights and the converted maekit encoder give the same features."""
+    from functools import partial
+
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5,
+                            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)).eval()
+    with torch.no_grad():
+        vit.pos_embed.normal_(std=0.1)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    with pytest.warns(UserWarning, match="left out the classifier parts"):
+        encoder = from_pretrained(path)
+    encoder.adapter.mean.zero_()  # compare on the same normalised input
+    encoder.adapter.std.fill_(1.0)
+    encoder.adapter.scale.fill_(1.0)
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours, _ = encoder({"image": image}, return_prefix=True)
+        theirs = vit.forward_features(image)
+    assert ours.shape == theirs.shape == (2, 17, 64)
+    assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_builtin_registry_entry_is_marked_unverified() -> None:
+    from maekit.weights import registry
+
+    entry = registry()["mae-vit-base-imagenet"]
+    assert entry["url"].startswith("https://huggingface.co/timm/vit_base_patch16_224.mae/")
+    with pytest.raises(WeightsError, match="no sha256 is pinned"):
+        from_pretrained("mae-vit-base-imagenet")

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import functools
+
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -34,10 +36,11 @@ SizeName = Literal["nano", "micro", "tiny", "small", "base", "large", "huge"]
 
 
 class TransformerStack(nn.Module):
-    """Pre-norm transformer blocks with a final LayerNorm.
+    """Pre-norm transformer blocks with a final LayerNorm (eps 1e-6, as ViT/MAE).
 
     `valid` (B, N) bool marks tokens that may be attended to; None means all of them (and keeps
-    attention on the fastest fused kernel).
+    attention on the fastest fused kernel). With `class_token`, a learned token (with its own
+    position) is prepended inside; outputs leave it out unless `return_prefix`.
     """
 
     def __init__(
@@ -48,16 +51,21 @@ class TransformerStack(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         qkv_bias: bool = True,
+        class_token: bool = False,
     ) -> None:
         super().__init__()
         self.width, self.depth, self.heads = width, depth, heads
+        self.num_prefix = int(class_token)
+        if class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
+            nn.init.normal_(self.cls_token, std=0.02)
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 0 else []
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
-                  norm_layer=nn.LayerNorm)
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=_norm)
             for rate in rates
         )
-        self.norm = nn.LayerNorm(width)
+        self.norm = _norm(width)
         self.apply(_init_weights)
 
     @classmethod
@@ -66,9 +74,15 @@ class TransformerStack(nn.Module):
         return cls(s.width, s.depth, s.heads, **kwargs)  # type: ignore[arg-type]
 
     def forward(
-        self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = ()
+        self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = (), return_prefix: bool = False
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Run the blocks; with `collect` (1-based block numbers) also return those outputs."""
+        p = self.num_prefix
+        if p:
+            cls = (self.cls_token + self.cls_pos).to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], 1)
+            if valid is not None:
+                valid = torch.cat([valid.new_ones(valid.shape[0], p), valid], 1)
         mask = None
         if valid is not None:
             # a sample with no valid token attends to all (its outputs are discarded anyway),
@@ -78,9 +92,14 @@ class TransformerStack(nn.Module):
         for i, block in enumerate(self.blocks, start=1):
             x = block(x, attn_mask=mask)
             if i in collect:
-                taken.append(x)
+                taken.append(x[:, p:])
         x = self.norm(x)
+        if not return_prefix:
+            x = x[:, p:]
         return (x, taken) if collect else x
+
+
+_norm = functools.partial(nn.LayerNorm, eps=1e-6)
 
 
 def _init_weights(module: nn.Module) -> None:

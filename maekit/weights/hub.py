@@ -22,8 +22,15 @@ from maekit.files import write_text_atomic
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.download import WeightsError, cache_root, download
 
-#: public checkpoints with a converter and a pinned hash; empty until converters land (issue 6)
-BUILTIN_REGISTRY: list[dict[str, Any]] = []
+#: public checkpoints the kit can convert. Hashes are pinned only where known; the others are
+#: marked unverified and need `trust_unverified` to download.
+BUILTIN_REGISTRY: list[dict[str, Any]] = [
+    {"name": "mae-vit-base-imagenet", "domain": "multispectral", "backbone": "vit-base", "bands": ["R", "G", "B"],
+     "size": "base", "licence": "CC-BY-NC-4.0",
+     "source": "facebookresearch/mae via timm (vit_base_patch16_224.mae)",
+     "url": "https://huggingface.co/timm/vit_base_patch16_224.mae/resolve/main/model.safetensors",
+     "filename": "vit_base_patch16_224.mae.safetensors", "sha256": None},
+]
 
 
 def registry_file() -> Path:
@@ -85,11 +92,34 @@ class PretrainedEncoder(nn.Module):
         super().__init__()
         self.adapter, self.encoder, self.config = adapter, encoder, config
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tokens]:
-        """(B, N, D) features of every token, and the tokens (absent ones are not attended to)."""
+    def forward(self, batch: dict[str, Any], return_prefix: bool = False) -> tuple[Tensor, Tokens]:
+        """(B, N, D) features of every token (with the class token first when `return_prefix`),
+        and the tokens (absent ones are not attended to)."""
         tokens = self.adapter.tokenize(batch)
-        x = self.encoder(self.adapter.embed(tokens), tokens.present if tokens.may_be_absent else None)
+        x = self.encoder(self.adapter.embed(tokens), tokens.present if tokens.may_be_absent else None,
+                         return_prefix=return_prefix)
         return x, tokens
+
+
+def _convert_public(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """A public checkpoint layout (no maekit config) converted to the kit's, or None."""
+    import warnings
+
+    from maekit.weights.converters import convert_timm_vit, is_timm_vit
+    from maekit.weights.loading import read_weights
+
+    has_config = (path / "config.json").is_file() if path.is_dir() else path.with_name("config.json").is_file()
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin") or has_config:
+        return None
+    state, config = read_weights(path)
+    if config is not None or not is_timm_vit(state):
+        return None
+    config, converted, report = convert_timm_vit(state)
+    if report["unmatched"]:
+        raise DataError(path, f"has tensors the timm-ViT converter cannot place: {report['unmatched'][:8]}")
+    if report["dropped"]:
+        warnings.warn(f"{path}: left out the classifier parts {report['dropped']}", stacklevel=3)
+    return config, converted
 
 
 def _build_adapter(spec: dict[str, Any]) -> DomainAdapter:
@@ -112,7 +142,10 @@ def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_un
     from maekit.weights.export import read_checkpoint
 
     path = resolve(source, trust_unverified)
-    if path.is_dir():
+    converted = _convert_public(path)
+    if converted is not None:
+        config, state = converted
+    elif path.is_dir():
         config_path, weights_path = path / "config.json", path / "model.safetensors"
         if not (config_path.is_file() and weights_path.is_file()):
             raise DataError(path, "is not an exported model folder (needs config.json and model.safetensors)")
@@ -129,6 +162,8 @@ def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_un
         prefix = config.get("prefix", "")
         state = {k[len(prefix):].replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()
                  if k.startswith(prefix)}
+    if "adapter" not in config:
+        raise DataError(path, "has no maekit model description")
     adapter = _build_adapter(config["adapter"])
     if full:
         from maekit.pretrain import MaskedAutoencoder
@@ -141,9 +176,16 @@ def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_un
     else:
         spec = SIZES[config["size"]]
         adapter.build(spec.width)
-        model = PretrainedEncoder(adapter, TransformerStack(spec.width, spec.depth, spec.heads), config)
+        encoder = TransformerStack(spec.width, spec.depth, spec.heads, class_token=bool(config.get("class_token")))
+        model = PretrainedEncoder(adapter, encoder, config)
         wanted = model.state_dict()
         state = {k: v for k, v in state.items() if k.startswith(("adapter.", "encoder."))}
+        if config.get("group_embed") == "zero":  # layouts without group embeddings
+            state["adapter.group_embed.weight"] = wanted["adapter.group_embed.weight"].zero_()
+        if config.get("source_format"):  # converted: statistics come from the converter's adapter arguments
+            for name in ("adapter.mean", "adapter.std", "adapter.scale", "adapter.offset"):
+                if name in wanted:
+                    state.setdefault(name, wanted[name])
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
     if missing or unexpected:

@@ -122,11 +122,8 @@ class VolumeSegmentationTask(EncoderTask):
         image = self.adapter.prepare(batch)  # type: ignore[attr-defined]
         return self.head(image, grids)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch)
-        loss = self.criterion(logits.float(), batch["mask"].unsqueeze(1))
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+    def loss_target(self, batch: dict[str, Any]) -> Tensor:
+        return batch["mask"].unsqueeze(1)  # DiceCELoss wants (B, 1, X, Y, Z)
 
     def infer(self, batch: dict[str, Any]) -> Tensor:
         """Logits for whole volumes by sliding window (crops of `roi_size`)."""
@@ -144,8 +141,7 @@ class VolumeSegmentationTask(EncoderTask):
 
     def _evaluate(self, batch: dict[str, Any], metrics: Any, stage: str) -> None:
         logits = self.infer(batch)
-        target = batch["mask"].unsqueeze(1)
-        loss = self.criterion(logits.float(), target)
+        loss = self.criterion(logits.float(), self.loss_target(batch))
         num_classes = logits.shape[1]
         pred = nn.functional.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
         truth = nn.functional.one_hot(batch["mask"], num_classes).movedim(-1, 1)

@@ -93,9 +93,13 @@ class EncoderTask(L.LightningModule):
         """What the metrics are updated with (logits, or a label map)."""
         return logits
 
+    def loss_target(self, batch: dict[str, Any]) -> Tensor:
+        """What the criterion compares the logits with."""
+        return batch[self.target_key]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
-        loss = self.criterion(logits.float(), batch[self.target_key])
+        loss = self.criterion(logits.float(), self.loss_target(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
 

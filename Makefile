@@ -6,9 +6,15 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo demo-medical test bench clean
+.PHONY: system-deps install demo demo-medical test bench clean
 
-$(STAMP): pyproject.toml Makefile
+# open3d needs libusb at import time on Debian/Ubuntu; installed when missing (root or sudo)
+system-deps:
+	@ldconfig -p | grep -q libusb-1.0.so.0 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q libusb-1.0-0 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q libusb-1.0-0; }; }
+
+$(STAMP): pyproject.toml Makefile | system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)

@@ -88,6 +88,12 @@ class DomainAdapter(nn.Module, ABC):
     def embed(self, tokens: Tokens) -> Tensor:
         """(B, N, D) content + position + group embedding of every token."""
 
+    def embed_parts(self, tokens: Tokens) -> tuple[Tensor, Tensor | None]:
+        """Embeddings for the encoder: (content, None) when the position is part of `embed`
+        (ViT/MAE), or (content, position) for adapters whose position is added before every
+        block (Point-MAE); the engine passes the second to the encoder as `pos`."""
+        return self.embed(tokens), None
+
     @abstractmethod
     def encode_position(self, coords: Tensor, dim: int) -> Tensor:
         """(B, N, dim) fixed position code of `coords`, used by decoders of any width."""

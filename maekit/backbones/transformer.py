@@ -40,7 +40,8 @@ class TransformerStack(nn.Module):
 
     `valid` (B, N) bool marks tokens that may be attended to; None means all of them (and keeps
     attention on the fastest fused kernel). With `class_token`, a learned token (with its own
-    position) is prepended inside; outputs leave it out unless `return_prefix`.
+    position) is prepended inside; outputs leave it out unless `return_prefix`. `pos` (B, N, D),
+    when given, is added before every block (Point-MAE); the class token's position then joins it.
     """
 
     def __init__(
@@ -74,12 +75,17 @@ class TransformerStack(nn.Module):
         return cls(s.width, s.depth, s.heads, **kwargs)  # type: ignore[arg-type]
 
     def forward(
-        self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = (), return_prefix: bool = False
+        self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = (), return_prefix: bool = False,
+        pos: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Run the blocks; with `collect` (1-based block numbers) also return those outputs."""
         p = self.num_prefix
         if p:
-            cls = (self.cls_token + self.cls_pos).to(x.dtype).expand(x.shape[0], -1, -1)
+            if pos is None:
+                cls = (self.cls_token + self.cls_pos).to(x.dtype).expand(x.shape[0], -1, -1)
+            else:
+                cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)
+                pos = torch.cat([self.cls_pos.to(pos.dtype).expand(pos.shape[0], -1, -1), pos], 1)
             x = torch.cat([cls, x], 1)
             if valid is not None:
                 valid = torch.cat([valid.new_ones(valid.shape[0], p), valid], 1)
@@ -90,7 +96,7 @@ class TransformerStack(nn.Module):
             mask = (valid | ~valid.any(1, keepdim=True))[:, None, None, :]
         taken: list[Tensor] = []
         for i, block in enumerate(self.blocks, start=1):
-            x = block(x, attn_mask=mask)
+            x = block(x if pos is None else x + pos, attn_mask=mask)
             if i in collect:
                 taken.append(x[:, p:])
         x = self.norm(x)

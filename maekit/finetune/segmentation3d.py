@@ -113,9 +113,9 @@ class VolumeSegmentationTask(EncoderTask):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         tokens = self.adapter.tokenize(batch)
         with torch.set_grad_enabled(self.training and not self.hparams.freeze_encoder):
-            x = self.adapter.embed(tokens)
+            x, pos = self.adapter.embed_parts(tokens)
             valid = tokens.present if tokens.may_be_absent else None
-            last, taken = self.encoder(x, valid, collect=tuple(sorted(set(self.blocks))))
+            last, taken = self.encoder(x, valid, collect=tuple(sorted(set(self.blocks))), pos=pos)
         by_block = dict(zip(sorted(set(self.blocks)), taken))
         by_block[self.encoder.depth] = last
         grids = [self.adapter.to_grid(by_block[b], tokens) for b in self.blocks]  # type: ignore[operator]

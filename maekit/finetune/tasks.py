@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from maekit.backbones import SIZES, SizeName, TransformerStack
 from maekit.errors import ConfigError
-from maekit.finetune.heads import PooledClassifier, UpsamplingDecoder
+from maekit.finetune.heads import Pooling, PooledClassifier, UpsamplingDecoder
 from maekit.optim import build_adamw, lightning_schedule, param_groups
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.loading import load_encoder
@@ -31,6 +31,8 @@ class EncoderTask(L.LightningModule):
         layer_decay: layer-wise lr decay (1 disables it).
         drop_path: stochastic depth in the encoder.
         weight_decay, betas, warmup_epochs: AdamW and schedule.
+        class_token: give the encoder a learned class token (as ViT/MAE and Point-MAE checkpoints
+            have); heads can pool it.
     """
 
     def __init__(
@@ -45,13 +47,14 @@ class EncoderTask(L.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 1.0,
+        class_token: bool = False,
     ) -> None:
         super().__init__()
         spec = SIZES[size]
         self.adapter = adapter
         adapter.build(spec.width)
         self.encoder = TransformerStack(spec.width, spec.depth, spec.heads,
-                                        drop_path=0.0 if freeze_encoder else drop_path)
+                                        drop_path=0.0 if freeze_encoder else drop_path, class_token=class_token)
         self.width = spec.width
         if pretrained:  # a path, an exported folder, a URL, hf://... or a registry name
             from maekit.weights.hub import resolve
@@ -77,12 +80,14 @@ class EncoderTask(L.LightningModule):
             self.adapter.eval()
             self.encoder.eval()
 
-    def encode(self, batch: dict[str, Any]) -> tuple[Tokens, Tensor]:
-        """Tokens and (B, N, D) encoder features of every token (absent ones not attended to)."""
+    def encode(self, batch: dict[str, Any], return_prefix: bool = False) -> tuple[Tokens, Tensor]:
+        """Tokens and (B, N, D) encoder features of every token (absent ones not attended to);
+        with `return_prefix`, the class token's features come first (B, 1 + N, D)."""
         tokens = self.adapter.tokenize(batch)
         with torch.set_grad_enabled(self.training and not self.hparams.freeze_encoder):
-            x = self.adapter.embed(tokens)
-            x = self.encoder(x, tokens.present if tokens.may_be_absent else None)
+            x, pos = self.adapter.embed_parts(tokens)
+            x = self.encoder(x, tokens.present if tokens.may_be_absent else None, pos=pos,
+                             return_prefix=return_prefix)
         return tokens, x
 
     # -- steps shared by every task: subclasses set `target_key`, `criterion`, the metric
@@ -118,7 +123,7 @@ class EncoderTask(L.LightningModule):
 
     def _layer_of(self, name: str) -> int:
         depth = self.encoder.depth
-        if name.startswith("adapter."):
+        if name.startswith(("adapter.", "encoder.cls_")):
             return 0
         if name.startswith("encoder.blocks."):
             return int(name.split(".")[2]) + 1
@@ -134,11 +139,15 @@ class EncoderTask(L.LightningModule):
 
 
 class ClassificationTask(EncoderTask):
-    """Image-level classification from mean-pooled token features.
+    """Sample-level classification from pooled token features.
 
     Args:
         num_classes: number of classes (checked against the datamodule's classes).
         label_smoothing: cross-entropy label smoothing.
+        pooling: how token features become one vector: `mean` (MAE), `max`, `cls` (needs
+            `class_token`), or `cls+max` / `cls+mean` (concatenated, Point-MAE).
+        hidden: widths of hidden layers of the head (Point-MAE: [256, 256]); [] is linear.
+        dropout: dropout before each head layer.
         (the rest as in `EncoderTask`)
     """
 
@@ -155,12 +164,19 @@ class ClassificationTask(EncoderTask):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 1.0,
+        class_token: bool = False,
         label_smoothing: float = 0.0,
+        pooling: Pooling = "mean",
+        hidden: list[int] | None = None,
+        dropout: float = 0.0,
     ) -> None:
+        if pooling.startswith("cls") and not class_token:
+            raise ConfigError(f"pooling {pooling!r} needs model.class_token: true")
         super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
-                         weight_decay, betas, warmup_epochs)
+                         weight_decay, betas, warmup_epochs, class_token)
         self.save_hyperparameters(ignore=["adapter"])
-        self.head = PooledClassifier(self.width, num_classes, probe=freeze_encoder)
+        self.head = PooledClassifier(self.width, num_classes, probe=freeze_encoder, dropout=dropout,
+                                     pooling=pooling, hidden=hidden or [])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         metrics = torchmetrics.MetricCollection({
             "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
@@ -178,8 +194,14 @@ class ClassificationTask(EncoderTask):
                               f"model.num_classes is {self.hparams.num_classes}")
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        tokens, x = self.encode(batch)
-        return self.head(x, tokens.present)
+        tokens, x = self.encode(batch, return_prefix=self.encoder.num_prefix > 0)
+        return self.head(x[:, self.encoder.num_prefix:], tokens.present, x[:, 0] if self.encoder.num_prefix else None)
+
+    def features(self, batch: dict[str, Any]) -> Tensor:
+        """(B, F) pooled features before the head's layers (for SVMs and few-shot probes)."""
+        tokens, x = self.encode(batch, return_prefix=self.encoder.num_prefix > 0)
+        return self.head.pool(x[:, self.encoder.num_prefix:], tokens.present,
+                              x[:, 0] if self.encoder.num_prefix else None)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self(batch).softmax(-1)
@@ -207,10 +229,11 @@ class SegmentationTask(EncoderTask):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 1.0,
+        class_token: bool = False,
         ignore_index: int = 255,
     ) -> None:
         super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
-                         weight_decay, betas, warmup_epochs)
+                         weight_decay, betas, warmup_epochs, class_token)
         self.save_hyperparameters(ignore=["adapter"])
         patch = getattr(adapter, "patch_size", None)
         if not isinstance(patch, int):

@@ -83,11 +83,13 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:
         """(B, K, D) encoding of the visible tokens, and the outputs of the `decoder_reads` blocks."""
-        x = self.adapter.embed(tokens)
-        x = torch.gather(x, 1, visible.index[..., None].expand(-1, -1, x.shape[-1]))
+        x, pos = self.adapter.embed_parts(tokens)
+        index = visible.index[..., None].expand(-1, -1, x.shape[-1])
+        x = torch.gather(x, 1, index)
+        pos = torch.gather(pos, 1, index) if pos is not None else None
         if not self.decoder_reads:
-            return self.encoder(x, visible.valid), []
-        return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads))
+            return self.encoder(x, visible.valid, pos=pos), []
+        return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads), pos=pos)
 
     def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible,
                         levels: list[Tensor] | None = None) -> Tensor:

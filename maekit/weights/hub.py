@@ -96,8 +96,8 @@ class PretrainedEncoder(nn.Module):
         """(B, N, D) features of every token (with the class token first when `return_prefix`),
         and the tokens (absent ones are not attended to)."""
         tokens = self.adapter.tokenize(batch)
-        x = self.encoder(self.adapter.embed(tokens), tokens.present if tokens.may_be_absent else None,
-                         return_prefix=return_prefix)
+        x, pos = self.adapter.embed_parts(tokens)
+        x = self.encoder(x, tokens.present if tokens.may_be_absent else None, return_prefix=return_prefix, pos=pos)
         return x, tokens
 
 

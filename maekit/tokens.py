@@ -27,6 +27,9 @@ class Tokens:
             put tokens back in place without reading tensors on the host.
         may_be_absent: static hint; False when the adapter knows every token is present, which
             lets the encoder skip its attention mask.
+        saliency: optional (B, N) float, how much a token "moves" or matters (e.g. a joint's
+            motion over its frames); saliency-aware maskers (`SaliencyMasking`) hide salient
+            tokens more often. None when the adapter does not provide it.
     """
 
     values: Tensor
@@ -35,6 +38,7 @@ class Tokens:
     present: Tensor
     grid: tuple[int, ...] = ()
     may_be_absent: bool = True
+    saliency: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -57,6 +61,7 @@ class Tokens:
             coords=take(self.coords),
             group=take(self.group),
             present=take(self.present),
+            saliency=None if self.saliency is None else take(self.saliency),
         )
 
 
@@ -126,6 +131,13 @@ class DomainAdapter(nn.Module, ABC):
         hi = flat.quantile(0.98, dim=1)[:, None, None]
         x = ((x - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
         return x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x[..., :3]
+
+    def reconstruction_pictures(self, tokens: Tokens, shown: Tensor, predicted: Tensor
+                                ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(input, masked input, reconstruction) pictures (B, H, W, 3) in [0, 1] for domains that
+        draw their own (point clouds); None uses `untokenize` + `to_image`. `shown` (B, N) marks
+        visible tokens, `predicted` is `values_from_prediction` of the decoder's output."""
+        return None
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to the adapter) of parameters that take no weight decay."""

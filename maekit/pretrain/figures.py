@@ -28,6 +28,10 @@ def reconstruction_images(mae: MaskedAutoencoder, batch: dict[str, Any], max_sam
     adapter, tokens = mae.adapter, out.tokens
     values = tokens.values.float()
     predicted = adapter.values_from_prediction(out.pred, tokens)
+    count = min(max_samples, values.shape[0])
+    drawn = adapter.reconstruction_pictures(tokens, out.visible.mask, predicted)
+    if drawn is not None:
+        return [tuple(images[i].cpu() for images in drawn) for i in range(count)]  # type: ignore[misc]
     shown = out.visible.mask[..., None]
     recon_values = torch.where(shown, values, predicted)
     native_input = adapter.untokenize(values, tokens)
@@ -42,7 +46,6 @@ def reconstruction_images(mae: MaskedAutoencoder, batch: dict[str, Any], max_sam
     images_masked = images_in.clone()
     images_masked[hidden] = 0.5
     images_masked[absent] = 0.0
-    count = min(max_samples, images_in.shape[0])
     return [(images_in[i].cpu(), images_masked[i].cpu(), images_recon[i].cpu()) for i in range(count)]
 
 

@@ -102,10 +102,10 @@ class MAEPretrainModule(L.LightningModule):
         """Reconstructions in the native layout: visible tokens as given, every other position
         (masked, or absent such as a missing modality) as predicted. Images whose size is not a
         multiple of the patch are padded for the model and cropped back."""
-        image = batch["image"]
+        image = batch.get("image")
         patch = getattr(self.adapter, "patch_size", None)
-        spatial = tuple(image.shape[2:])
-        if isinstance(patch, int):
+        spatial = tuple(image.shape[2:]) if image is not None else ()
+        if isinstance(patch, int) and image is not None:
             pads = [(-s) % patch for s in spatial]
             if any(pads):
                 spec = [v for p in reversed(pads) for v in (0, p)]
@@ -116,7 +116,8 @@ class MAEPretrainModule(L.LightningModule):
         values = torch.where(out.visible.mask[..., None], out.tokens.values.float(),
                              self.adapter.values_from_prediction(out.pred, out.tokens))
         native = self.adapter.untokenize(values, out.tokens)
-        native = native[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+        if spatial:
+            native = native[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
         return {"reconstruction": native, "visible": out.visible.mask, "loss": out.per_token}
 
     def on_train_epoch_end(self) -> None:

@@ -36,7 +36,8 @@ SizeName = Literal["nano", "micro", "tiny", "small", "base", "large", "huge"]
 
 
 class TransformerStack(nn.Module):
-    """Pre-norm transformer blocks with a final LayerNorm (eps 1e-6, as ViT/MAE).
+    """Pre-norm transformer blocks with a final LayerNorm (eps `norm_eps`: 1e-6 as ViT/MAE; MONAI
+    and Prithvi checkpoints were trained with PyTorch's default 1e-5).
 
     `valid` (B, N) bool marks tokens that may be attended to; None means all of them (and keeps
     attention on the fastest fused kernel). With `class_token`, a learned token (with its own
@@ -53,9 +54,12 @@ class TransformerStack(nn.Module):
         drop_path: float = 0.0,
         qkv_bias: bool = True,
         class_token: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.width, self.depth, self.heads = width, depth, heads
+        self.mlp_ratio, self.drop_path, self.qkv_bias, self.norm_eps = mlp_ratio, drop_path, qkv_bias, norm_eps
+        norm = functools.partial(nn.LayerNorm, eps=norm_eps)
         self.num_prefix = int(class_token)
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
@@ -63,10 +67,10 @@ class TransformerStack(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 0 else []
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=_norm)
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=norm)
             for rate in rates
         )
-        self.norm = _norm(width)
+        self.norm = norm(width)
         self.apply(_init_weights)
 
     @classmethod
@@ -103,9 +107,6 @@ class TransformerStack(nn.Module):
         if not return_prefix:
             x = x[:, p:]
         return (x, taken) if collect else x
-
-
-_norm = functools.partial(nn.LayerNorm, eps=1e-6)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -30,6 +30,34 @@ BUILTIN_REGISTRY: list[dict[str, Any]] = [
      "source": "facebookresearch/mae via timm (vit_base_patch16_224.mae)",
      "url": "https://huggingface.co/timm/vit_base_patch16_224.mae/resolve/main/model.safetensors",
      "filename": "vit_base_patch16_224.mae.safetensors", "sha256": None},
+    *[{"name": f"mae-vit-{size}-imagenet-{kind}", "domain": "multispectral", "backbone": f"vit-{size}",
+       "bands": ["R", "G", "B"], "size": size, "licence": "CC-BY-NC-4.0", "format": "mae",
+       "source": f"facebookresearch/mae ({'encoder only' if kind == 'pretrain' else 'encoder + decoder'})",
+       "url": f"https://dl.fbaipublicfiles.com/mae/{kind}/mae_{kind}_vit_{size}.pth", "sha256": None}
+      for size in ("base", "large") for kind in ("pretrain", "visualize")],
+    {"name": "prithvi-eo-1-100m", "domain": "multispectral", "backbone": "vit-base", "size": "base",
+     "bands": ["B02", "B03", "B04", "B05", "B06", "B07"], "licence": "Apache-2.0", "format": "prithvi",
+     "source": "ibm-nasa-geospatial/Prithvi-100M (HLS, 3 frames; loaded as one frame)",
+     "url": "https://huggingface.co/ibm-nasa-geospatial/Prithvi-100M/resolve/main/Prithvi_100M.pt", "sha256": None},
+    *[{"name": f"prithvi-eo-2-{variant.lower()}", "domain": "multispectral",
+       "backbone": "vit-large" if variant.startswith("300M") else "vit-huge",
+       "size": "large" if variant.startswith("300M") else "huge",
+       "bands": ["B02", "B03", "B04", "B05", "B06", "B07"], "licence": "Apache-2.0", "format": "prithvi",
+       "source": f"ibm-nasa-geospatial/Prithvi-EO-2.0-{variant} (HLS, 4 frames; loaded as one frame"
+                 + ("; date/location scales not mapped)" if variant.endswith("TL") else ")"),
+       "url": f"https://huggingface.co/ibm-nasa-geospatial/Prithvi-EO-2.0-{variant}/resolve/main/"
+              f"Prithvi_EO_V2_{variant.replace('-', '_')}.pt", "sha256": None}
+      for variant in ("300M", "300M-TL", "600M", "600M-TL")],
+    {"name": "satmae-vit-large-sentinel2", "domain": "multispectral", "backbone": "vit-large", "size": "large",
+     "bands": ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"],
+     "groups": [["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A"], ["B11", "B12"]],
+     "licence": "unspecified upstream (see sustainlab-group/SatMAE)", "format": "satmae-group",
+     "source": "SatMAE group-channel ViT-L/8, fMoW-Sentinel, 200 epochs (Zenodo 7325339)",
+     "url": "https://zenodo.org/record/7325339/files/pretrain-vit-large-e199.pth", "sha256": None},
+    {"name": "bm-mae-brats2021", "domain": "mri", "backbone": "vit-base", "size": "base",
+     "modalities": ["t1", "t1ce", "t2", "flair"], "licence": "unspecified upstream (see the luklebigbosse/BM-MAE model card)",
+     "format": "bm-mae", "source": "BM-MAE (Robinet et al. 2025), BraTS 2021, 128^3 crops, 16^3 patches",
+     "url": "https://huggingface.co/luklebigbosse/BM-MAE/resolve/main/bmmae.pth", "sha256": None},
 ]
 
 
@@ -103,23 +131,27 @@ class PretrainedEncoder(nn.Module):
 
 def _convert_public(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
     """A public checkpoint layout (no maekit config) converted to the kit's, or None."""
-    import warnings
-
-    from maekit.weights.converters import convert_timm_vit, is_timm_vit
-    from maekit.weights.loading import read_weights
+    from maekit.weights.loading import convert_public_weights, read_weights
 
     has_config = (path / "config.json").is_file() if path.is_dir() else path.with_name("config.json").is_file()
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin") or has_config:
         return None
     state, config = read_weights(path)
-    if config is not None or not is_timm_vit(state):
+    if config is not None:
         return None
-    config, converted, report = convert_timm_vit(state)
-    if report["unmatched"]:
-        raise DataError(path, f"has tensors the timm-ViT converter cannot place: {report['unmatched'][:8]}")
-    if report["dropped"]:
-        warnings.warn(f"{path}: left out the classifier parts {report['dropped']}", stacklevel=3)
-    return config, converted
+    return convert_public_weights(state, path)
+
+
+def stack_from_config(config: dict[str, Any], class_token: bool | None = None, drop_path: float = 0.0) -> TransformerStack:
+    """The encoder stack a model description asks for: a named size, or the explicit width,
+    depth, heads, MLP ratio and LayerNorm eps a converter recorded."""
+    spec = SIZES[config["size"]] if config.get("size") else None
+    width = config.get("width") or spec.width  # type: ignore[union-attr]
+    depth = config.get("depth") or spec.depth  # type: ignore[union-attr]
+    heads = config.get("heads") or (spec.heads if spec else width // 64)
+    return TransformerStack(width, depth, heads, mlp_ratio=float(config.get("mlp_ratio", 4.0)), drop_path=drop_path,
+                            class_token=bool(config.get("class_token")) if class_token is None else class_token,
+                            norm_eps=float(config.get("norm_eps", 1e-6)))
 
 
 def _build_adapter(spec: dict[str, Any]) -> DomainAdapter:
@@ -162,25 +194,35 @@ def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_un
         prefix = config.get("prefix", "")
         state = {k[len(prefix):].replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()
                  if k.startswith(prefix)}
+    return build_pretrained(config, state, full, path)
+
+
+def build_pretrained(config: dict[str, Any], state: dict[str, Tensor], full: bool = False,
+                     path: str | os.PathLike[str] = "<weights>") -> nn.Module:
+    """The model a description + state dict stand for (what `from_pretrained` returns), e.g.
+    from a converter called with explicit arguments: `build_pretrained(*convert_monai_vit(...)[:2])`."""
+    path = Path(path)
     if "adapter" not in config:
         raise DataError(path, "has no maekit model description")
     adapter = _build_adapter(config["adapter"])
     if full:
         from maekit.pretrain import MaskedAutoencoder
 
+        if config.get("full_unsupported"):
+            raise DataError(path, f"full=True is not possible for this {config.get('source_format')} checkpoint: "
+                                  f"{config['full_unsupported']}")
         if "decoder_width" not in config:
             raise DataError(path, "holds an encoder only (a fine-tuning checkpoint); full=True needs a pretraining one")
         model: nn.Module = MaskedAutoencoder(adapter, config["size"], config["decoder_width"], config["decoder_depth"],
                                              config["decoder_heads"], decoder_reads=config.get("decoder_reads") or None)
         wanted = model.state_dict()
     else:
-        spec = SIZES[config["size"]]
-        adapter.build(spec.width)
-        encoder = TransformerStack(spec.width, spec.depth, spec.heads, class_token=bool(config.get("class_token")))
+        encoder = stack_from_config(config)
+        adapter.build(encoder.width)
         model = PretrainedEncoder(adapter, encoder, config)
         wanted = model.state_dict()
         state = {k: v for k, v in state.items() if k.startswith(("adapter.", "encoder."))}
-        if config.get("group_embed") == "zero":  # layouts without group embeddings
+        if config.get("group_embed") == "zero" and "adapter.group_embed.weight" not in state:  # layouts without one
             state["adapter.group_embed.weight"] = wanted["adapter.group_embed.weight"].zero_()
         if config.get("source_format"):  # converted: statistics come from the converter's adapter arguments
             for name in ("adapter.mean", "adapter.std", "adapter.scale", "adapter.offset"):

@@ -5,8 +5,11 @@ Only safe formats: safetensors, or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import argparse
+import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,13 +48,16 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
             return load_file(str(path)), config
         except Exception as err:  # safetensors raises its own error types
             raise DataError(path, f"is not a valid safetensors file: {err}") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # training scripts of public MAEs save their argparse arguments beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
         raise DataError(path, f"cannot be loaded safely (weights_only=True): {err}") from err
     if isinstance(obj, dict) and "state_dict" in obj:
         config = obj.get("maekit")
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # facebookresearch/mae, SatMAE
+        obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise DataError(path, "does not hold a state dict of tensors")
     return obj, config
@@ -75,10 +81,21 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
     configured ones are taken from the file, with a warning. Returns the missing names.
     """
     raw, config = read_weights(path)
-    state = encoder_state(raw)
+    converted = convert_public_weights(raw, path) if config is None else None
+    if converted is not None:
+        config, state = converted
+    else:
+        state = encoder_state(raw)
     if not state:
-        raise DataError(path, "holds no encoder weights (no 'encoder.*' keys)")
+        raise DataError(path, "holds no encoder weights (no 'encoder.*' keys) and is not a public layout the kit "
+                              "converts (timm/MAE ViT, MONAI ViT/MAE, Prithvi, SatMAE, BM-MAE)")
+    _check_class_token(state, module, path)
+    _match_stack(module, config, path)
     own = {k: v for k, v in module.state_dict().items() if k.startswith(_PARTS)}
+    if "adapter.pos_table.table" in state and "adapter.pos_table.table" not in own:
+        grid = (config or {}).get("adapter", {}).get("init_args", {}).get("max_grid")
+        raise DataError(path, "these weights use a learned position table; set the adapter's `position: learned`"
+                              + (f" (and `max_grid: {grid}` or more)" if grid else ""))
     state = _adapt(state, own, module, config, path)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -98,6 +115,87 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
                       "the configured ones", stacklevel=2)
     module.load_state_dict(state, strict=False)
     return missing
+
+
+def convert_public_weights(raw: dict[str, Tensor], path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """A public checkpoint's tensors converted to the kit's names with the model description,
+    or None when the layout is not a known one. Tensors no converter table knows make a
+    DataError; dropped parts (classifier heads, decoders) and encoder parts without a maekit
+    counterpart are named in a warning. The source's published statistics come along."""
+    from maekit.weights.converters import convert_public
+    from maekit.weights.hub import _build_adapter
+
+    try:
+        converted = convert_public(raw)
+    except (KeyError, ValueError, RuntimeError) as err:  # ConfigError is a ValueError
+        raise DataError(path, f"looks like a public checkpoint but cannot be converted: {err}") from err
+    if converted is None:
+        return None
+    config, state, report = converted
+    if report["unmatched"]:
+        raise DataError(path, f"has tensors the {config['source_format']} converter cannot place: "
+                              f"{report['unmatched'][:8]}")
+    notes = []
+    if report["dropped"]:
+        notes.append(f"left out parts the encoder does not use ({len(report['dropped'])} tensors: "
+                     f"{_module_names(report['dropped'])})")
+    if report["not_mapped"]:
+        notes.append(f"has no maekit counterpart for {report['not_mapped']} (not loaded)")
+    if notes:
+        warnings.warn(f"{path}: {config['source_format']} checkpoint: " + "; ".join(notes), stacklevel=3)
+    source = _build_adapter(config["adapter"])
+    for name, value in source.state_dict().items():  # statistics buffers (mean, std, scale, offset)
+        state.setdefault(f"adapter.{name}", value)
+    if config.get("group_embed") == "zero" and "adapter.group_embed.weight" not in state:
+        width = state["adapter.patch_embed.0.weight"].shape[0]
+        state["adapter.group_embed.weight"] = torch.zeros(source.num_groups, width)
+    return config, state
+
+
+def _module_names(keys: list[str]) -> list[str]:
+    """Tensor names summarised by module: `blocks.*.norm_cross_attn`, `decoder_blocks`, `head`..."""
+    names: dict[str, None] = {}
+    for key in keys:
+        name = re.sub(r"\.\d+\.", ".*.", key)
+        name = re.sub(r"\.(weight|bias)$", "", name)
+        if not name.startswith(("blocks.*", "encoder.blocks.*")):
+            name = name.split(".")[0]
+        names[name] = None
+    return list(names)
+
+
+def _check_class_token(state: dict[str, Tensor], module: nn.Module, path: str | Path) -> None:
+    has = "encoder.cls_token" in state
+    wants = getattr(getattr(module, "encoder", None), "num_prefix", 0) > 0
+    if has and not wants:
+        raise DataError(path, "these weights have a class token but the model has none; set `model.class_token: "
+                              "true` (its output then also serves `pooling: cls`)")
+    # a model with a class token on weights without one (Point-MAE / MAE fine-tuning from
+    # pretraining weights) starts its class token fresh: reported with the other missing weights
+
+
+def _match_stack(module: nn.Module, config: dict[str, Any] | None, path: str | Path) -> None:
+    """Rebuild `module.encoder` when the weights were trained with other heads, MLP ratio or
+    LayerNorm eps than the size's defaults (converted MONAI, Prithvi, BM-MAE checkpoints):
+    shapes alone would not catch different heads or eps, and outputs would silently differ."""
+    from maekit.backbones import TransformerStack
+
+    encoder = getattr(module, "encoder", None)
+    if config is None or not isinstance(encoder, TransformerStack):
+        return
+    wanted = {"heads": config.get("heads", encoder.heads), "mlp_ratio": float(config.get("mlp_ratio", encoder.mlp_ratio)),
+              "norm_eps": float(config.get("norm_eps", encoder.norm_eps))}
+    have = {"heads": encoder.heads, "mlp_ratio": encoder.mlp_ratio, "norm_eps": encoder.norm_eps}
+    if wanted == have:
+        return
+    if (config.get("width"), config.get("depth")) not in ((None, None), (encoder.width, encoder.depth)):
+        raise DataError(path, f"was trained with width {config.get('width')} and depth {config.get('depth')}, the "
+                              f"model has {encoder.width} and {encoder.depth}; choose the matching `model.size`")
+    module.encoder = TransformerStack(encoder.width, encoder.depth, wanted["heads"], mlp_ratio=wanted["mlp_ratio"],
+                                      drop_path=encoder.drop_path, qkv_bias=encoder.qkv_bias,
+                                      class_token=encoder.num_prefix > 0, norm_eps=wanted["norm_eps"])
+    changed = {k: f"{have[k]} -> {v}" for k, v in wanted.items() if have[k] != v}
+    warnings.warn(f"{path}: encoder rebuilt to match the weights: {changed}", stacklevel=3)
 
 
 def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, config: dict | None,

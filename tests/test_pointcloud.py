@@ -338,3 +338,115 @@ def test_cli_refuses_mismatched_channels(shapes: Path, tmp_path: Path, capsys: p
                  "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert code == 2
     assert "point channels ['r', 'g', 'b'] but the model takes []" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- Point-MAE
+def _point_mae_state(width: int = 64, depth: int = 2, group_size: int = 16, finetuned: bool = False
+                     ) -> dict[str, torch.Tensor]:
+    """Random tensors under Point-MAE's published key names and shapes (models/Point_MAE.py)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.1
+
+    enc = "" if finetuned else "MAE_encoder."
+    sd = {}
+    for conv, (cin, mid, cout) in {"first_conv": (3, 128, 256), "second_conv": (512, 512, width)}.items():
+        p = f"{enc}encoder.{conv}."
+        sd |= {p + "0.weight": r(mid, cin, 1), p + "0.bias": r(mid), p + "1.weight": 1 + r(mid), p + "1.bias": r(mid),
+               p + "1.running_mean": r(mid), p + "1.running_var": 1 + r(mid).abs(),
+               p + "1.num_batches_tracked": torch.tensor(7), p + "3.weight": r(cout, mid, 1), p + "3.bias": r(cout)}
+    sd |= {f"{enc}pos_embed.0.weight": r(128, 3), f"{enc}pos_embed.0.bias": r(128),
+           f"{enc}pos_embed.2.weight": r(width, 128), f"{enc}pos_embed.2.bias": r(width)}
+    for i in range(depth):
+        p = f"{enc}blocks.blocks.{i}."
+        sd |= {p + "norm1.weight": 1 + r(width), p + "norm1.bias": r(width), p + "attn.qkv.weight": r(3 * width, width),
+               p + "attn.proj.weight": r(width, width), p + "attn.proj.bias": r(width),
+               p + "norm2.weight": 1 + r(width), p + "norm2.bias": r(width), p + "mlp.fc1.weight": r(4 * width, width),
+               p + "mlp.fc1.bias": r(4 * width), p + "mlp.fc2.weight": r(width, 4 * width), p + "mlp.fc2.bias": r(width)}
+    sd |= {f"{enc}norm.weight": 1 + r(width), f"{enc}norm.bias": r(width)}
+    if finetuned:
+        sd |= {"cls_token": r(1, 1, width), "cls_pos": r(1, 1, width), "cls_head_finetune.0.weight": r(256, 2 * width)}
+    else:
+        sd |= {"mask_token": r(1, 1, width), "decoder_pos_embed.0.weight": r(128, 3),
+               "MAE_decoder.blocks.0.norm1.weight": r(width), "increase_dim.0.weight": r(3 * group_size, width, 1)}
+    return sd
+
+
+def _point_mae_reference(sd: dict[str, torch.Tensor], hoods: torch.Tensor, centres: torch.Tensor, heads: int,
+                         prefix: str = "MAE_encoder.") -> torch.Tensor:
+    """Point-MAE's encoder forward (eval), written from the published model with functional ops."""
+    F = torch.nn.functional
+    b, g, k, _ = hoods.shape
+
+    def shared_mlp(x: torch.Tensor, p: str) -> torch.Tensor:
+        x = F.conv1d(x, sd[p + "0.weight"], sd[p + "0.bias"])
+        x = F.batch_norm(x, sd[p + "1.running_mean"], sd[p + "1.running_var"], sd[p + "1.weight"], sd[p + "1.bias"],
+                         False, 0.0, 1e-5)
+        return F.conv1d(F.relu(x), sd[p + "3.weight"], sd[p + "3.bias"])
+
+    f = shared_mlp(hoods.reshape(b * g, k, 3).transpose(1, 2), prefix + "encoder.first_conv.")
+    f = torch.cat([f.amax(2, keepdim=True).expand(-1, -1, k), f], 1)
+    x = shared_mlp(f, prefix + "encoder.second_conv.").amax(2).reshape(b, g, -1)
+    pos = F.linear(F.gelu(F.linear(centres, sd[prefix + "pos_embed.0.weight"], sd[prefix + "pos_embed.0.bias"])),
+                   sd[prefix + "pos_embed.2.weight"], sd[prefix + "pos_embed.2.bias"])
+    width = x.shape[-1]
+    i = 0
+    while f"{prefix}blocks.blocks.{i}.norm1.weight" in sd:
+        p = f"{prefix}blocks.blocks.{i}."
+        x = x + pos
+        h = F.layer_norm(x, (width,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-5)
+        q, kk, v = F.linear(h, sd[p + "attn.qkv.weight"]).reshape(b, g, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q @ kk.transpose(-2, -1)) * (width // heads) ** -0.5).softmax(-1)
+        x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, g, width), sd[p + "attn.proj.weight"],
+                         sd[p + "attn.proj.bias"])
+        h = F.layer_norm(x, (width,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-5)
+        x = x + F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+                         sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        i += 1
+    return F.layer_norm(x, (width,), sd[prefix + "norm.weight"], sd[prefix + "norm.bias"], 1e-5)
+
+
+def test_point_mae_checkpoint_gives_the_published_encoder_features(tmp_path: Path) -> None:
+    from maekit.weights.converters import convert_point_mae, detect_format
+    from maekit.weights.hub import from_pretrained
+
+    sd = _point_mae_state()
+    torch.save({"base_model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 300}, tmp_path / "pretrain.pth")
+    assert detect_format(torch.load(tmp_path / "pretrain.pth", weights_only=True)) == "point-mae"
+    config, converted, report = convert_point_mae(sd, groups=8)
+    assert config["adapter"]["init_args"]["group_size"] == 16 and config["norm_eps"] == 1e-5
+    assert not report["unmatched"] and "increase_dim.0.weight" in report["dropped"]
+    assert torch.equal(converted["adapter.point_embed.second_conv.0.weight"], sd["MAE_encoder.encoder.second_conv.0.weight"])
+    with pytest.warns(UserWarning):
+        encoder = from_pretrained(tmp_path / "pretrain.pth").eval()
+    encoder.adapter.groups = 8  # the group count is not in the weights
+    points = torch.rand(2, 200, 3) * 2 - 1
+    with torch.no_grad():
+        ours, tokens = encoder({"points": points})
+        hoods, centres = group_points(points, 8, 16)
+        reference = _point_mae_reference(sd, hoods, centres, heads=2)
+    assert (ours - reference).abs().max() < 1e-5
+
+
+def test_point_mae_finetuned_checkpoint_loads_into_the_classifier(tmp_path: Path) -> None:
+    from maekit.finetune.pointcloud import PointCloudClassificationTask
+
+    sd = _point_mae_state(finetuned=True)
+    torch.save({"base_model": sd}, tmp_path / "modelnet.pth")
+    with pytest.warns(UserWarning):
+        task = PointCloudClassificationTask(PointCloudAdapter(8, 16), num_classes=4, size="nano",
+                                            pretrained=str(tmp_path / "modelnet.pth"))
+    assert torch.equal(task.encoder.cls_pos, sd["cls_pos"])
+    assert task.encoder.norm.eps == 1e-5 and torch.count_nonzero(task.encoder.blocks[0].attn.qkv.bias) == 0
+    task.eval()
+    with torch.no_grad():
+        points = torch.rand(2, 200, 3) * 2 - 1
+        _, x = task.encode({"points": points}, return_prefix=True)
+        hoods, centres = group_points(points, 8, 16)
+        cls = sd["cls_token"].expand(2, -1, -1)
+        # the reference with the class token prepended: content and position both get a slot
+        F = torch.nn.functional
+        pos = torch.cat([sd["cls_pos"].expand(2, -1, -1), F.linear(F.gelu(F.linear(centres, sd["pos_embed.0.weight"],
+                         sd["pos_embed.0.bias"])), sd["pos_embed.2.weight"], sd["pos_embed.2.bias"])], 1)
+        assert pos.shape == (2, 9, 64) and cls.shape == (2, 1, 64) and x.shape == (2, 9, 64)

@@ -14,6 +14,8 @@ Layouts (`detect_format` tells them apart):
 - `prithvi`: Prithvi-EO 1.0 (`Prithvi_100M.pt`, unprefixed) and 2.0 (`encoder.` / `decoder.`).
 - `satmae-group`: SatMAE's group-channel ViT (`patch_embed.{i}.proj`, `channel_embed`).
 - `bm-mae`: BM-MAE (`tokenizers.{modality}.patch_embedding.*` into a MONAI-block ViT).
+- `point-mae`: Point-MAE pretraining (`{"base_model": ...}`, `MAE_encoder.*`) and fine-tuned
+  (`encoder.*`, `blocks.blocks.*`, `cls_token`) checkpoints.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ BRATS_MODALITIES = ["t1", "t1ce", "t2", "flair"]
 def unwrap(state: dict[str, Any]) -> dict[str, Tensor]:
     """The tensors of a checkpoint that wraps them (`{"model": ...}` as facebookresearch/mae,
     SatMAE and Prithvi training scripts save, or `{"state_dict": ...}`)."""
-    for key in ("model", "state_dict", "module"):
+    for key in ("model", "state_dict", "module", "base_model"):
         inner = state.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, Tensor) for v in inner.values()):
             return inner
@@ -514,10 +516,74 @@ def convert_satmae_group(state: dict[str, Tensor], bands: list[str] | None = Non
     return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
 
 
+# ---------------------------------------------------------------------------- Point-MAE
+POINT_MAE_TABLE = [
+    (r"encoder\.(first_conv|second_conv)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)",
+     r"adapter.point_embed.\1.\2.\3"),
+    (r"pos_embed\.(0|2)\.(weight|bias)", r"adapter.pos_embed.\1.\2"),
+    (r"blocks\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"encoder.blocks.\1.\2.\3"),
+    (r"blocks\.blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"encoder.blocks.\1.attn.\2.\3"),
+    (r"blocks\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.blocks.\1.mlp.\2.\3"),
+    (r"norm\.(weight|bias)", r"encoder.norm.\1"),
+    (r"cls_token", "encoder.cls_token"),
+    (r"cls_pos", "encoder.cls_pos"),
+]
+#: parts of Point-MAE checkpoints the encoder does not use: the MAE decoder and classifier heads
+POINT_MAE_DROPPED = re.compile(r"^(mask_token$|decoder_pos_embed\.|MAE_decoder\.|increase_dim\.|cls_head_finetune\.)")
+
+
+def is_point_mae(state: dict[str, Tensor]) -> bool:
+    state = unwrap(state)
+    return any(re.match(r"(module\.)?(MAE_encoder\.)?encoder\.first_conv\.0\.weight$", k) for k in state)
+
+
+def convert_point_mae(state: dict[str, Tensor], groups: int = 64, group_size: int | None = None,
+                      heads: int | None = None) -> Converted:
+    """Point-MAE (Pang et al. 2022) as a maekit `PointCloudAdapter` encoder: the mini-PointNet
+    (`encoder.first_conv` / `second_conv`), the centre MLP (`pos_embed`, added before every
+    block), the blocks (`blocks.blocks.*`: no qkv bias, filled with zeros; LayerNorm eps 1e-5)
+    and `norm`; fine-tuned checkpoints add `cls_token` / `cls_pos`. The group count is not in the
+    weights (`groups`, default 64 as published); the group size is read from a pretraining
+    checkpoint's `increase_dim` head when there (else 32)."""
+    state = {k.removeprefix("module.").removeprefix("MAE_encoder."): v for k, v in unwrap(state).items()}
+    first = _expect("encoder.first_conv.0.weight", state["encoder.first_conv.0.weight"],
+                    (128, state["encoder.first_conv.0.weight"].shape[1], 1))
+    channels = first.shape[1]
+    width = state["norm.weight"].shape[0]
+    _expect("encoder.second_conv.3.weight", state["encoder.second_conv.3.weight"], (width, 512, 1))
+    _expect("pos_embed.2.weight", state["pos_embed.2.weight"], (width, 128))
+    if group_size is None:
+        head = state.get("increase_dim.0.weight")
+        group_size = head.shape[0] // 3 if head is not None else 32
+    depth = _depth(state, r"blocks\.blocks")
+    stack = _stack(width, depth, state["blocks.blocks.0.mlp.fc1.weight"].shape[0], 1e-5, heads)
+    dropped: list[str] = []
+
+    def skip(key: str) -> bool:
+        if POINT_MAE_DROPPED.match(key):
+            dropped.append(key)
+            return True
+        return False
+
+    out: dict[str, Tensor] = {}
+    unmatched = _apply_table(state, POINT_MAE_TABLE, out, skip)
+    for i in range(depth):  # Point-MAE's attention has no qkv bias: zeros give the same outputs
+        out.setdefault(f"encoder.blocks.{i}.attn.qkv.bias", torch.zeros(3 * width))
+    adapter = {"class_path": "maekit.domains.pointcloud.PointCloudAdapter",
+               "init_args": {"groups": groups, "group_size": group_size,
+                             "channels": [f"c{i}" for i in range(channels - 3)], "position_every_block": True}}
+    has_cls = "cls_token" in state
+    config = {"adapter": adapter, **stack, "class_token": has_cls, "source_format": "point-mae",
+              "full_unsupported": "Point-MAE's decoder adds its own centre MLP before every block and predicts only "
+                                  "the masked groups; load the encoder (full=False) and pretrain a maekit decoder"}
+    return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
+
+
 # ---------------------------------------------------------------------------- dispatch
 #: (format name, detector, converter), tried in order
 FORMATS: list[tuple[str, Callable[[dict[str, Tensor]], bool], Callable[..., Converted]]] = [
     ("bm-mae", is_bm_mae, convert_bm_mae),
+    ("point-mae", is_point_mae, convert_point_mae),
     ("monai", is_monai_vit, convert_monai_vit),
     ("satmae-group", is_satmae_group, convert_satmae_group),
     ("prithvi", is_prithvi, convert_prithvi),

@@ -58,6 +58,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # facebookresearch/mae, SatMAE
         obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("base_model"), dict):  # Point-MAE
+        obj = obj["base_model"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise DataError(path, "does not hold a state dict of tensors")
     return obj, config
@@ -211,7 +213,7 @@ def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, 
         notes.append(f"position table interpolated from {tuple(state[key].shape)} entries to {tuple(own[key].shape)}")
     target = getattr(module, "adapter", None)
     source_spec = (config or {}).get("adapter")
-    if source_spec and hasattr(target, "groups") and hasattr(target, "channels"):
+    if source_spec and isinstance(getattr(target, "groups", None), list) and hasattr(target, "channels"):  # grouped channels
         from maekit.weights.hub import _build_adapter
 
         source = _build_adapter(source_spec)

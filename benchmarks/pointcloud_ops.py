@@ -1,0 +1,99 @@
+"""Point-MAE's grouping and loss on a batch: farthest-point sampling (64 of 1024 points), kNN
+(32 neighbours) and Chamfer-L2 (64 groups of 32 points), batch 32.
+
+Compared in one process, interleaved, with
+- open3d's `farthest_point_down_sample` (C++) called per cloud, for FPS;
+- a naive per-sample loop of the same PyTorch code (what a port without batching does);
+FPS results are checked to agree (same start point, same picks) before timing.
+
+    python benchmarks/pointcloud_ops.py            # CPU
+    python benchmarks/pointcloud_ops.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from maekit.datasets.pointcloud import open3d_module
+from maekit.domains.point_ops import chamfer_l2, farthest_point_sample, knn
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--points", type=int, default=1024)
+    p.add_argument("--groups", type=int, default=64)
+    p.add_argument("--neighbours", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args()
+    o3d = open3d_module()
+    torch.manual_seed(0)
+    clouds = torch.rand(a.batch, a.points, 3, device=a.device) * 2 - 1
+    pred = torch.randn(a.batch, a.groups, a.neighbours, 3, device=a.device) * 0.1
+    target = torch.randn(a.batch, a.groups, a.neighbours, 3, device=a.device) * 0.1
+    o3d_clouds = [o3d.geometry.PointCloud(o3d.utility.Vector3dVector(c.cpu().double().numpy())) for c in clouds]
+
+    # agreement: open3d starts at point 0 and picks the farthest point each time, like ours
+    ours = farthest_point_sample(clouds, a.groups).cpu()
+    theirs = np.asarray(o3d_clouds[0].farthest_point_down_sample(a.groups).points)
+    same = np.allclose(np.sort(theirs, axis=0), np.sort(clouds[0, ours[0]].cpu().double().numpy(), axis=0), atol=1e-6)
+
+    def batched_all() -> None:
+        centres = torch.gather(clouds, 1, farthest_point_sample(clouds, a.groups)[..., None].expand(-1, -1, 3))
+        knn(centres, clouds, a.neighbours)
+        chamfer_l2(pred, target)
+
+    def loop_all() -> None:
+        for i in range(a.batch):
+            c = clouds[i:i + 1]
+            centres = torch.gather(c, 1, farthest_point_sample(c, a.groups)[..., None].expand(-1, -1, 3))
+            knn(centres, c, a.neighbours)
+            for g in range(a.groups):
+                chamfer_l2(pred[i, g], target[i, g])
+
+    cases: dict[str, Callable[[], object]] = {
+        "fps maekit (batched)": lambda: farthest_point_sample(clouds, a.groups),
+        "fps open3d (per cloud)": lambda: [c.farthest_point_down_sample(a.groups) for c in o3d_clouds],
+        "fps per-sample loop": lambda: [farthest_point_sample(clouds[i:i + 1], a.groups) for i in range(a.batch)],
+        "fps+knn+chamfer maekit (batched)": batched_all,
+        "fps+knn+chamfer per-sample loop": loop_all,
+    }
+    for fn in cases.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(a.repeats):  # interleaved, so drifts hit every case alike
+        for name, fn in cases.items():
+            times[name].append(timed(fn, a.device))
+    ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    for name, value in ms.items():
+        print(f"{name:36s} {value:9.2f} ms")
+    result = {
+        "device": a.device, "batch": a.batch, "points": a.points, "groups": a.groups, "neighbours": a.neighbours,
+        "fps_same_as_open3d": bool(same), "ms": {k: round(v, 2) for k, v in ms.items()},
+        "fps_speedup_vs_open3d": round(ms["fps open3d (per cloud)"] / ms["fps maekit (batched)"], 2),
+        "fps_speedup_vs_loop": round(ms["fps per-sample loop"] / ms["fps maekit (batched)"], 2),
+        "all_speedup_vs_loop": round(ms["fps+knn+chamfer per-sample loop"] / ms["fps+knn+chamfer maekit (batched)"], 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

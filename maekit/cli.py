@@ -3,7 +3,8 @@
     maekit fit -c configs/naip/pretrain.yaml --data.root DIR
     maekit domains                     # domains, band presets and shipped configs
     maekit stats -c CONFIG             # per-band statistics of a dataset, as config YAML
-    maekit sample-data OUT [--preset naip|toa] [--task classification|segmentation]
+    maekit sample-data OUT [--preset naip|toa|brats|ct|pointcloud|modelnet40|nerf|skeleton]
+    maekit nerf-grid MESHES OUT        # coloured meshes / point clouds -> NeRF-MAE radiance grids
     maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
     maekit weights list|info|download|add
 """
@@ -62,6 +63,15 @@ def cmd_domains(argv: list[str]) -> int:
     print("\nvolumes  (maekit.domains.VolumeAdapter)")
     print("  multimodal MRI (t1, t1ce, t2, flair; cases may lack some) and CT; layouts: BraTS 2021/2023,")
     print("  MSD Decathlon, nnU-Net raw, plain folder (maekit.datasets.VolumeDataModule)")
+    print("\npoint clouds  (maekit.domains.PointCloudAdapter)")
+    print("  Point-MAE tokens (FPS centres + kNN groups); PLY/PCD/XYZ/PTS, OFF/OBJ/STL meshes, LAS/LAZ, lidar .bin,")
+    print("  ModelNet40 (text, HDF5), ScanObjectNN, ShapeNet-55, class folders (maekit.datasets.PointCloudDataModule)")
+    print("\nNeRF radiance grids  (maekit.domains.NerfAdapter)")
+    print("  NeRF-MAE .npz grids (rgbsigma + resolution), 4^3 patches of RGB + alpha; `maekit nerf-grid` builds")
+    print("  grids from coloured meshes / point clouds (maekit.datasets.NerfGridDataModule)")
+    print("\nskeleton sequences  (maekit.domains.SkeletonAdapter)")
+    print("  one token per joint per 4-frame segment; NTU RGB+D .skeleton / npz / npy, COCO-17 keypoints,")
+    print("  topologies in config (maekit.datasets.SkeletonDataModule)")
     roots = [Path.cwd() / "configs", CONFIG_DIR]
     seen: set[Path] = set()
     print("\nconfigs:")
@@ -75,24 +85,67 @@ def cmd_domains(argv: list[str]) -> int:
     return 0
 
 
+SAMPLE_KINDS = ("naip", "toa", "brats", "ct", "pointcloud", "modelnet40", "nerf", "skeleton")
+
+
 def cmd_sample_data(argv: list[str]) -> int:
     """Write a small seeded sample dataset in the layout the readers expect."""
-    from maekit.datasets.samples import make_chip_dataset
-
     p = argparse.ArgumentParser(prog="maekit sample-data", description=cmd_sample_data.__doc__)
     p.add_argument("out", help="folder to write")
-    p.add_argument("--preset", choices=["naip", "toa"], default="naip")
-    p.add_argument("--task", choices=["classification", "segmentation"], default="classification")
-    p.add_argument("--per-class", type=int, default=64, help="training chips per class")
-    p.add_argument("--val-per-class", type=int, default=16)
-    p.add_argument("--size", type=int, default=64, help="chip edge in pixels")
-    p.add_argument("--format", choices=["tif", "npz"], default="tif")
+    p.add_argument("--preset", choices=SAMPLE_KINDS, default="naip",
+                   help="naip / toa chips, brats (MRI) / ct volumes, pointcloud (class folders of meshes and scans) / "
+                        "modelnet40 (text layout), nerf (radiance grids), skeleton (NTU .skeleton files + npz)")
+    p.add_argument("--task", choices=["classification", "segmentation"], default="classification",
+                   help="chips only")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="samples per class (chips 64, point clouds 20, skeletons 8) or cases/scenes (8/6/12)")
+    p.add_argument("--val-per-class", type=int, default=16, help="chips and point clouds: held-out samples per class")
+    p.add_argument("--size", type=int, default=None,
+                   help="chip edge (64), volume edge (32), NeRF grid longest side (32), points per cloud (2048)")
+    p.add_argument("--format", choices=["tif", "npz"], default="tif", help="chips only")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    root = make_chip_dataset(a.out, a.preset, a.task, a.per_class, a.val_per_class, a.size,
-                             file_format=a.format, seed=a.seed)
-    print(f"wrote {sum(1 for _ in root.rglob('*.*'))} files under {root}")
+
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    if a.preset in ("naip", "toa"):
+        from maekit.datasets.samples import make_chip_dataset
+
+        root = make_chip_dataset(a.out, a.preset, a.task, pick(a.per_class, 64), a.val_per_class, pick(a.size, 64),
+                                 file_format=a.format, seed=a.seed)
+    elif a.preset == "brats":
+        from maekit.datasets.medical_samples import make_brats_dataset
+
+        root = make_brats_dataset(a.out, pick(a.per_class, 8), pick(a.size, 32), seed=a.seed)
+    elif a.preset == "ct":
+        from maekit.datasets.medical_samples import make_ct_dataset
+
+        root = make_ct_dataset(a.out, pick(a.per_class, 6), pick(a.size, 32), seed=a.seed)
+    elif a.preset in ("pointcloud", "modelnet40"):
+        from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
+
+        layout = "folder" if a.preset == "pointcloud" else "modelnet40"
+        root = make_pointcloud_dataset(a.out, layout, per_class=pick(a.per_class, 20),
+                                       test_per_class=min(a.val_per_class, 8), points=pick(a.size, 2048), seed=a.seed)
+    elif a.preset == "nerf":
+        from maekit.datasets.nerf_samples import make_nerf_dataset
+
+        root = make_nerf_dataset(a.out, pick(a.per_class, 12), pick(a.size, 32), seed=a.seed)
+    else:
+        from maekit.datasets.skeleton_samples import make_skeleton_dataset
+
+        root = make_skeleton_dataset(a.out, pick(a.per_class, 8), seed=a.seed)
+    print(f"wrote {sum(1 for p in Path(root).rglob('*') if p.is_file())} files under {root}")
     return 0
+
+
+def cmd_nerf_grid(argv: list[str]) -> int:
+    """Turn coloured meshes / point clouds into NeRF-MAE `.npz` radiance grids (see
+    `maekit.datasets.nerf_samples.cmd_nerf_grid`)."""
+    from maekit.datasets.nerf_samples import cmd_nerf_grid as run
+
+    return run(argv)
 
 
 def cmd_stats(argv: list[str]) -> int:
@@ -185,7 +238,7 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
-                  "export": cmd_export, "weights": cmd_weights}
+                  "nerf-grid": cmd_nerf_grid, "export": cmd_export, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED_TEXT = {
     "remote_sensing": ["pretrained", "vs random"],
     "medical": ["correlation of synthesised and real FLAIR", "validation Dice per class"],
+    "nerf": ["pretraining loss reached", "voxel labelling Dice"],
+    "skeleton": ["linear probe accuracy: pretrained", "vs scratch"],
 }
 
 

@@ -4,6 +4,8 @@ from maekit.domains.multispectral import MultispectralAdapter
 from maekit.domains.nerf import NerfAdapter
 from maekit.domains.patches import PatchGridAdapter
 from maekit.domains.pointcloud import PointCloudAdapter
+from maekit.domains.skeleton import SkeletonAdapter, Topology
 from maekit.domains.volume import VolumeAdapter
 
-__all__ = ["MultispectralAdapter", "NerfAdapter", "PatchGridAdapter", "PointCloudAdapter", "VolumeAdapter"]
+__all__ = ["MultispectralAdapter", "NerfAdapter", "PatchGridAdapter", "PointCloudAdapter", "SkeletonAdapter", "Topology",
+           "VolumeAdapter"]

@@ -145,6 +145,97 @@ class GroupDirichletMasking(MaskGenerator):
         return (rank_in_group < torch.gather(quota, 1, group)) & present
 
 
+class SaliencyMasking(MaskGenerator):
+    """Motion-aware masking (MAMP, Mao et al. 2023): salient tokens are hidden more often.
+
+    The masked set is drawn without replacement with probabilities softmax(s / temperature),
+    where s is `Tokens.saliency` scaled by its per-sample maximum (Gumbel-top-k, so it stays one
+    argsort). Equivalently the visible set is the budget's lowest `s / temperature + Gumbel`.
+    A lower temperature concentrates the mask on the most salient tokens; a very high one is
+    random masking. Tokens without saliency (`saliency` None) are masked at random.
+
+    Args:
+        mask_ratio: fraction of present tokens to hide (MAMP: 0.9).
+        temperature: softmax temperature on the max-scaled saliency (MAMP's tau).
+    """
+
+    def __init__(self, mask_ratio: float = 0.9, temperature: float = 0.75) -> None:
+        super().__init__(mask_ratio)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def score(self, tokens: Tokens) -> Tensor:
+        u = torch.rand(tokens.present.shape, device=tokens.values.device)
+        if tokens.saliency is None:
+            return u
+        gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+        s = torch.where(tokens.present, tokens.saliency.float(), 0.0)
+        s = s / (s.amax(1, keepdim=True) * self.temperature).clamp(min=1e-10)
+        return s + gumbel
+
+    def choose(self, tokens: Tokens, budget: Tensor) -> Tensor:
+        score = torch.where(tokens.present, self.score(tokens), torch.inf)
+        rank = score.argsort(1).argsort(1)
+        return rank < budget[:, None]
+
+
+class GroupMasking(MaskGenerator):
+    """Whole-unit masking (SkeletonMAE's body parts): every unit is hidden or shown entirely.
+
+    A unit is one value of `Tokens.group` (a body part, a band group), optionally split further
+    by the coarse cells of some coordinate axes (`within`): e.g. `within=[0, 2]` with
+    `cell_size=[5, 1]` makes a unit "this body part of this person over these 5 time segments".
+    Units are visited in a random order per sample and shown while the running count of their
+    present tokens fits the visible budget, so a sample keeps between budget - (largest unit - 1)
+    and budget tokens visible: the mask ratio is a lower bound, and parts of unequal size stay
+    whole. If even the first unit is larger than the budget, its first token alone is shown (so
+    the encoder always sees something); choose units smaller than the budget to avoid that.
+
+    Args:
+        mask_ratio: lower bound of the fraction of present tokens hidden.
+        within: coordinate axes (columns of `Tokens.coords`) that split a group into units.
+        cell_size: edge of a unit along each `within` axis, in coordinate units (one value for
+            all axes, or one per axis).
+    """
+
+    _TABLE = 8191  # noise table per sample; units are hashed into it
+
+    def __init__(self, mask_ratio: float = 0.75, within: list[int] | None = None,
+                 cell_size: float | list[float] = 1.0) -> None:
+        super().__init__(mask_ratio)
+        self.within = list(within or [])
+        sizes = cell_size if isinstance(cell_size, list) else [cell_size] * len(self.within)
+        if len(sizes) != len(self.within):
+            raise ValueError(f"cell_size {cell_size} needs one value per axis of within {self.within}")
+        self.cell_size = [float(c) for c in sizes]
+
+    exact_budget = False
+
+    def unit_id(self, tokens: Tokens) -> Tensor:
+        """(B, N) long: the unit of each token (a hash of its group and coarse cell)."""
+        uid = tokens.group.long() * 1000003
+        primes = (73856093, 19349663, 83492791, 2654435761)
+        for i, (axis, size) in enumerate(zip(self.within, self.cell_size)):
+            cell = torch.floor(tokens.coords[..., axis].float() / size).long()
+            uid = uid + cell * primes[i % len(primes)]
+        return uid % self._TABLE
+
+    def choose(self, tokens: Tokens, budget: Tensor) -> Tensor:
+        present = tokens.present
+        batch, device = present.shape[0], present.device
+        table = torch.rand(batch, self._TABLE, device=device)
+        # one random value per unit; absent tokens after every present one
+        score = torch.where(present, torch.gather(table, 1, self.unit_id(tokens)), 2.0)
+        sorted_score, order = score.sort(1)
+        running = torch.gather(present.long(), 1, order).cumsum(1)  # present tokens so far
+        # the running count at the last token of each token's unit (all of a unit share a score)
+        end = torch.searchsorted(sorted_score.contiguous(), score.contiguous(), right=True) - 1
+        fits = torch.gather(running, 1, end) <= budget[:, None]
+        first = torch.zeros_like(present).scatter(1, order[:, :1], True)
+        return present & (fits | first)
+
+
 def _visible_to_index(visible: Tensor, max_visible: int, padded: bool) -> Visible:
     """Indices of visible tokens first (B, K), plus which slots hold one."""
     noise = torch.rand(visible.shape, device=visible.device)

@@ -95,7 +95,7 @@ def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet
             stem = f"{kind}_{i + 1:04d}"
             if layout == "modelnet40":
                 cloud = mesh.sample_points_uniformly(points) if rng.random() >= partial_fraction else \
-                    partial_scan(mesh, rng, 2 * points)
+                    partial_scan(mesh, rng, 3 * points)
                 cloud.normalize_normals()
                 rows = np.concatenate([np.asarray(cloud.points), np.asarray(cloud.normals)], 1)[:points]
                 text = "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows) + "\n"
@@ -105,7 +105,7 @@ def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet
             folder = out / split / kind
             if rng.random() < partial_fraction:
                 with atomic_output(folder / f"{stem}_scan.ply") as tmp:
-                    if not o3d.io.write_point_cloud(str(tmp), partial_scan(mesh, rng, 2 * points)):
+                    if not o3d.io.write_point_cloud(str(tmp), partial_scan(mesh, rng, 3 * points)):
                         raise OSError(f"open3d could not write {tmp}")
             else:
                 suffix = ".ply" if i % 2 == 0 else ".off"

@@ -58,12 +58,10 @@ def save_reconstruction_figure(mae: MaskedAutoencoder, batch: dict[str, Any], pa
 def write_figure(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: str | Path,
                  title: str = "") -> Path:
     """A grid of (input, masked input, reconstruction) rows as a PNG, written atomically."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend switch, works in notebooks
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, images in enumerate(rows):
         for c, (image, name) in enumerate(zip(images, ("input", "masked input", "reconstruction"))):
             axes[r][c].imshow(image.numpy())
@@ -74,9 +72,6 @@ def write_figure(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pa
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     return path

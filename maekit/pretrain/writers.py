@@ -53,24 +53,19 @@ class VolumeReconstructionWriter(BasePredictionWriter):
             self._picture(batch["image"][i].float().cpu(), recon[i, input_index], case)
 
     def _picture(self, given: torch.Tensor, recon: torch.Tensor, case: str) -> None:  # noqa: D102
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: leaves the notebook backend alone
 
         z = given.shape[-1] // 2
-        fig, axes = plt.subplots(2, given.shape[0], figsize=(2.5 * given.shape[0], 5), squeeze=False)
+        fig = Figure(figsize=(2.5 * given.shape[0], 5))
+        axes = fig.subplots(2, given.shape[0], squeeze=False)
         for m in range(given.shape[0]):
             for row, (vol, title) in enumerate(((given, "input"), (recon, "reconstruction"))):
                 axes[row][m].imshow(vol[m, :, :, z].T.numpy(), cmap="gray", origin="lower")
                 axes[row][m].set_axis_off()
                 axes[row][m].set_title(f"{title} {m}", fontsize=8)
         fig.tight_layout()
-        try:
-            with atomic_output(self.output_dir / f"{case}_reconstruction.png") as tmp:
-                fig.savefig(tmp, dpi=80, format="png")
-        finally:
-            plt.close(fig)
+        with atomic_output(self.output_dir / f"{case}_reconstruction.png") as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
 
 
 def _on_source_grid(volume: np.ndarray, affine: np.ndarray, source: str) -> Any:

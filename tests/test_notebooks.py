@@ -17,6 +17,7 @@ EXPECTED_TEXT = {
     "remote_sensing": ["pretrained", "vs random"],
     "medical": ["correlation of synthesised and real FLAIR", "validation Dice per class"],
     "nerf": ["pretraining loss reached", "voxel labelling Dice"],
+    "pointcloud": ["pretraining loss reached", "linear SVM accuracy: pretrained", "fine-tuned accuracy with 5 votes"],
     "skeleton": ["linear probe accuracy: pretrained", "vs scratch"],
 }
 

@@ -58,6 +58,12 @@ class FrozenFeatureEvaluation(EncoderTask):
         self._features: dict[str, list[tuple[Tensor, Tensor]]] = {"train": [], "val": []}
         self.results: dict[str, float] = {}
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:  # every training sample is a data point here: drop none
+            datamodule.full_pass = True
+
     def features(self, batch: dict[str, Any]) -> Tensor:
         """(B, F) pooled features of a batch."""
         p = self.encoder.num_prefix

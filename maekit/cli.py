@@ -5,6 +5,9 @@
     maekit stats -c CONFIG             # per-band statistics of a dataset, as config YAML
     maekit sample-data OUT [--preset naip|toa|brats|ct|pointcloud|modelnet40|nerf|skeleton]
     maekit nerf-grid MESHES OUT        # coloured meshes / point clouds -> NeRF-MAE radiance grids
+    maekit shard -c CONFIG --out DIR   # convert a corpus once into streaming shards (litdata)
+    maekit predict-scene CKPT SCENE.tif --out DIR      # whole GeoTIFF scenes, tiled and blended
+    maekit embed-points WEIGHTS SCENE.las OUT.ply      # per-point embeddings of a large scene, in chunks
     maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
     maekit weights list|info|download|add
 """
@@ -39,6 +42,17 @@ class MaekitCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, writing checkpoints atomically unless a custom checkpoint IO was configured."""
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        from maekit.checkpointing import AtomicCheckpointIO
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -140,6 +154,27 @@ def cmd_sample_data(argv: list[str]) -> int:
     return 0
 
 
+def cmd_shard(argv: list[str]) -> int:
+    """Convert a config's training and validation data into streaming shards (litdata), once."""
+    from maekit.datasets.shards import cmd_shard as run
+
+    return run(argv)
+
+
+def cmd_predict_scene(argv: list[str]) -> int:
+    """Predict whole GeoTIFF scenes with a fine-tuned segmentation checkpoint (tiled, blended)."""
+    from maekit.finetune.tiled import cmd_predict_scene as run
+
+    return run(argv)
+
+
+def cmd_embed_points(argv: list[str]) -> int:
+    """Per-point embeddings of a large point-cloud scene, in overlapping chunks, as PLY."""
+    from maekit.finetune.point_scene import cmd_embed_points as run
+
+    return run(argv)
+
+
 def cmd_nerf_grid(argv: list[str]) -> int:
     """Turn coloured meshes / point clouds into NeRF-MAE `.npz` radiance grids (see
     `maekit.datasets.nerf_samples.cmd_nerf_grid`)."""
@@ -238,7 +273,8 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
-                  "nerf-grid": cmd_nerf_grid, "export": cmd_export, "weights": cmd_weights}
+                  "nerf-grid": cmd_nerf_grid, "shard": cmd_shard, "predict-scene": cmd_predict_scene,
+                  "embed-points": cmd_embed_points, "export": cmd_export, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,14 +58,41 @@ def lightning_schedule(trainer: Any, optimizer: torch.optim.Optimizer, warmup_ep
 
     Works with `max_epochs` or `max_steps`: steps per epoch come from the training loader.
     """
-    total = max(1, int(trainer.estimated_stepping_batches))
-    batches = trainer.num_training_batches
-    if batches == float("inf"):  # a max_steps run has not sized its loader yet
-        trainer.fit_loop.setup_data()
-        batches = trainer.num_training_batches
-    per_epoch = total if batches == float("inf") else max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
-    scheduler = warmup_cosine(optimizer, int(warmup_epochs * per_epoch), total)
+    batches = _batches_per_epoch(trainer)
+    per_epoch = max(1, math.ceil(batches / max(1, trainer.accumulate_grad_batches))) if batches != math.inf else math.inf
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+    total = per_epoch * epochs if per_epoch != math.inf else math.inf
+    if trainer.max_steps not in (None, -1):
+        total = min(total, trainer.max_steps)
+    if total == math.inf:
+        raise ValueError("the learning-rate schedule needs a run length: set trainer.max_steps or a sized loader")
+    per_epoch = total if per_epoch == math.inf else per_epoch
+    scheduler = warmup_cosine(optimizer, int(warmup_epochs * per_epoch), max(1, int(total)))
     return {"scheduler": scheduler, "interval": "step"}
+
+
+def _batches_per_epoch(trainer: Any) -> float:
+    """Training batches per epoch on this rank, without making the trainer load its training data.
+
+    (`trainer.estimated_stepping_batches` would: before a checkpoint is restored, which keeps a
+    resumed run from restoring its loader's position.)"""
+    if trainer.train_dataloader is not None:
+        return float(trainer.num_training_batches)
+    source = trainer.datamodule if trainer.datamodule is not None else trainer.lightning_module
+    loader = source.train_dataloader()
+    try:
+        length = float(len(loader))
+    except TypeError:  # an iterable without a length
+        return math.inf
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(loader, torch.utils.data.DataLoader) and not isinstance(dataset, torch.utils.data.IterableDataset):
+        length = float(math.ceil(length / max(1, trainer.world_size)))  # Lightning will shard it by rank
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        length = min(length, float(limit))
+    elif limit is not None and length != math.inf:
+        length = float(int(length * limit))
+    return max(1.0, length)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

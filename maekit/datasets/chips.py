@@ -20,6 +20,7 @@ import rasterio
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maekit.datasets.resumable import ResumableLoader, training_loader
 from maekit.datasets.bands import get_preset
 from maekit.datasets.raster import ARRAY_SUFFIXES, RASTER_SUFFIXES, read_chip
 from maekit.errors import ConfigError, DataError
@@ -275,8 +276,11 @@ class ChipDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        if "train" not in self.datasets:
+            raise DataError(self.root, "has no 'train' split")
+        train = self.datasets["train"]
+        return training_loader(self, train, self.batch_size, self.num_workers, drop_last=len(train) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

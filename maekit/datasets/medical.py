@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maekit.datasets.resumable import ResumableLoader, training_loader
 from maekit.errors import ConfigError, DataError
 
 #: public modality names -> the kit's names (BraTS 2021 names are the kit's)
@@ -446,9 +447,8 @@ class VolumeDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def train_dataloader(self) -> ResumableLoader:
+        return training_loader(self, self.datasets["train"], self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         size = 1 if self.val_whole_volumes else self.batch_size

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maekit.datasets.resumable import ResumableLoader, training_loader
 from maekit.errors import ConfigError, DataError
 
 DensityMode = Literal["instant_ngp", "relu", "alpha"]
@@ -353,9 +354,8 @@ class NerfGridDataModule(L.LightningDataModule):
         if not splits["val"]:
             warnings.warn(f"{self.root}: no validation grids (val_fraction {self.val_fraction})", stacklevel=2)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def train_dataloader(self) -> ResumableLoader:
+        return training_loader(self, self.datasets["train"], self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         size = 1 if self.val_whole_grids else self.batch_size

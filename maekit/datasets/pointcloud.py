@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from maekit.datasets.resumable import ResumableLoader, training_loader
 from maekit.errors import ConfigError, DataError
 
 SCAN_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts")
@@ -530,8 +531,10 @@ class PointCloudDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
                           persistent_workers=self.num_workers > 0, collate_fn=collate_points)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+    def train_dataloader(self) -> ResumableLoader:
+        train = self.datasets["train"]
+        return training_loader(self, train, self.batch_size, self.num_workers, drop_last=len(train) > self.batch_size,
+                               collate_fn=collate_points)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maekit.datasets.resumable import ResumableLoader, training_loader
 from maekit.domains.skeleton import Topology, TopologySpec
 from maekit.errors import ConfigError, DataError
 
@@ -548,10 +549,9 @@ class SkeletonDataModule(L.LightningDataModule):
                                                   train=train, crop_ratio=self.crop_ratio, rotation=self.rotation,
                                                   shear=self.shear, scale=self.scale)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          drop_last=len(self.datasets["train"]) > self.batch_size)
+    def train_dataloader(self) -> ResumableLoader:
+        train = self.datasets["train"]
+        return training_loader(self, train, self.batch_size, self.num_workers, drop_last=len(train) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["val"], batch_size=self.batch_size, num_workers=self.num_workers)

@@ -13,6 +13,7 @@ from maekit.backbones import SIZES, SizeName, TransformerStack
 from maekit.errors import ConfigError
 from maekit.finetune.heads import Pooling, PooledClassifier, UpsamplingDecoder
 from maekit.optim import build_adamw, lightning_schedule, param_groups
+from maekit.seeding import seed_training_batch
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.loading import load_encoder
 
@@ -74,6 +75,9 @@ class EncoderTask(L.LightningModule):
         """Record what rebuilds the encoder for `maekit export`."""
         checkpoint["maekit"] = {"adapter": self.adapter.config(), "size": self.hparams.size, "prefix": "",
                                 "task": type(self).__name__}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_training_batch(self.trainer)  # dropout / drop path repeat exactly on resume
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_encoder:

@@ -13,6 +13,7 @@ from maekit.optim import build_adamw, lightning_schedule, param_groups
 from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
+from maekit.seeding import seed_training_batch
 from maekit.tokens import DomainAdapter
 
 
@@ -134,9 +135,8 @@ class MAEPretrainModule(L.LightningModule):
             path = run_dir / "reconstructions" / f"epoch_{self.current_epoch:04d}.png"
             self.last_figure = write_figure(rows, path, title=f"epoch {self.current_epoch}")
 
-    def on_train_start(self) -> None:
-        if self.trainer.world_size > 1:  # different masks on every rank, repeatable per seed
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_training_batch(self.trainer)  # masks differ per rank and repeat exactly on resume
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

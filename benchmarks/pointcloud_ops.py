@@ -43,7 +43,12 @@ def main() -> None:
     p.add_argument("--groups", type=int, default=64)
     p.add_argument("--neighbours", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: open3d's FPS is single-threaded; a busy machine also "
+                        "makes multi-threaded small kernels spin)")
     a = p.parse_args()
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
     o3d = open3d_module()
     torch.manual_seed(0)
     clouds = torch.rand(a.batch, a.points, 3, device=a.device) * 2 - 1
@@ -86,7 +91,7 @@ def main() -> None:
     for name, value in ms.items():
         print(f"{name:36s} {value:9.2f} ms")
     result = {
-        "device": a.device, "batch": a.batch, "points": a.points, "groups": a.groups, "neighbours": a.neighbours,
+        "device": a.device, "threads": torch.get_num_threads(), "batch": a.batch, "points": a.points, "groups": a.groups, "neighbours": a.neighbours,
         "fps_same_as_open3d": bool(same), "ms": {k: round(v, 2) for k, v in ms.items()},
         "fps_speedup_vs_open3d": round(ms["fps open3d (per cloud)"] / ms["fps maekit (batched)"], 2),
         "fps_speedup_vs_loop": round(ms["fps per-sample loop"] / ms["fps maekit (batched)"], 2),

@@ -18,15 +18,15 @@ def farthest_point_sample(points: Tensor, count: int, start: Tensor | None = Non
     batch, num, _ = points.shape
     if count > num:
         raise ValueError(f"cannot sample {count} points from clouds of {num}")
-    xyz = points.float()
+    xyz = points.float().transpose(1, 2).contiguous()  # (B, 3, N): each axis one contiguous row
     chosen = torch.empty(batch, count, dtype=torch.long, device=points.device)
     current = start if start is not None else torch.zeros(batch, dtype=torch.long, device=points.device)
     nearest = torch.full((batch, num), float("inf"), device=points.device)
-    rows = torch.arange(batch, device=points.device)
     for i in range(count):
         chosen[:, i] = current
-        centre = xyz[rows, current]  # (B, 3)
-        nearest = torch.minimum(nearest, (xyz - centre[:, None]).square().sum(-1))
+        centre = torch.gather(xyz, 2, current.view(batch, 1, 1).expand(batch, 3, 1))  # (B, 3, 1)
+        d = xyz - centre
+        torch.minimum(nearest, d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2], out=nearest)
         current = nearest.argmax(-1)
     return chosen
 
@@ -70,5 +70,7 @@ def chamfer_l2(a: Tensor, b: Tensor) -> Tensor:
     (Point-MAE's `ChamferDistanceL2`, per set). Returns (...) in fp32; 0 for identical sets."""
     lead = a.shape[:-2]
     a2, b2 = a.reshape(-1, *a.shape[-2:]).float(), b.reshape(-1, *b.shape[-2:]).float()
-    d = (a2[:, :, None] - b2[:, None]).square().sum(-1)  # (S, K, L), exact (no cdist rounding)
+    # direct differences (not the matmul expansion, whose cancellation spoils tiny distances);
+    # gradients are finite at zero distance
+    d = torch.cdist(a2, b2, compute_mode="donot_use_mm_for_euclid_dist").square()  # (S, K, L)
     return (d.amin(2).mean(1) + d.amin(1).mean(1)).reshape(lead)

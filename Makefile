@@ -6,7 +6,7 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system-deps install demo demo-medical test bench clean
+.PHONY: system-deps install demo demo-medical demo-pointcloud test bench clean
 
 # open3d needs libusb at import time on Debian/Ubuntu; installed when missing (root or sudo)
 system-deps:
@@ -29,6 +29,9 @@ demo: install
 demo-medical: install
 	$(PY) -m maekit.demo_medical --out demo_medical
 
+demo-pointcloud: install
+	$(PY) -m maekit.demo_pointcloud --out demo_pointcloud
+
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -36,6 +39,8 @@ bench: install
 	$(PY) benchmarks/mae_step.py
 	$(PY) benchmarks/geotiff_chips.py
 	$(PY) benchmarks/mri_step.py
+	$(PY) benchmarks/pointcloud_ops.py
+	$(PY) benchmarks/tiled_memory.py --sizes 1024 4096
 
 clean:
-	rm -rf demo_run demo_medical runs lightning_logs benchmarks/_data
+	rm -rf demo_run demo_medical demo_pointcloud runs lightning_logs benchmarks/_data

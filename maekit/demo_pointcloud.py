@@ -3,7 +3,7 @@ classes, written as PLY/OFF); pretrain a small Point-MAE on it, then score the f
 a linear SVM (C by cross-validation) and the few-shot protocol, against the same encoder at its
 random initialisation.
 
-    python -m maekit.demo_pointcloud [--out demo_pointcloud] [--epochs 40]
+    python -m maekit.demo_pointcloud [--out demo_pointcloud] [--epochs 30]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_pointcloud")
     p.add_argument("--per-class", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=40, help="pretraining epochs")
+    p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

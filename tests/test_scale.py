@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,22 @@ TINY_RUN = ["--model.size", "nano", "--model.decoder_width", "32", "--model.deco
             "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1"]
 
 
-class SlowTrainingBatches(Callback):
-    """Sleeps after every training batch, so a test can kill a run in the middle of an epoch."""
+class KillAtStep(Callback):
+    """Sends SIGKILL to its own process when training reaches `step` (after the checkpoint of the
+    step before was written): a kill at a known moment in the middle of an epoch."""
 
-    def __init__(self, seconds: float = 0.3) -> None:
-        self.seconds = seconds
+    def __init__(self, step: int = 4) -> None:
+        self.step = step
 
-    def on_train_batch_end(self, *args: object) -> None:
-        time.sleep(self.seconds)
+    def on_train_batch_start(self, trainer: object, *args: object) -> None:
+        if trainer.global_step >= self.step:  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _override(tmp: Path, name: str, slow: bool = False) -> Path:
-    """A second config: last.ckpt after every step (+ an optional slow-down), CSV logs in tmp."""
-    slow_cb = "    - class_path: tests.test_scale.SlowTrainingBatches\n" if slow else ""
+def _override(tmp: Path, name: str, kill_at: int | None = None) -> Path:
+    """A second config: last.ckpt after every step (+ an optional kill -9), CSV logs in tmp."""
+    slow_cb = ("    - class_path: tests.test_scale.KillAtStep\n"
+               f"      init_args: {{step: {kill_at}}}\n") if kill_at is not None else ""
     path = tmp / f"{name}.yaml"
     path.write_text(
         "trainer:\n"
@@ -94,6 +96,36 @@ def test_resumable_loader_order_skip_and_rank_shards(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(resumable, "_rank_and_world", lambda: (1, 2))
     rank1 = sum((b.tolist() for b in ResumableLoader(data, batch_size=4, seed=5)), [])
     assert len(rank0) == len(rank1) == 12 and set(rank0) | set(rank1) == set(data)
+    # a small set on many ranks: a rank's only (partial) batch is kept even with drop_last
+    monkeypatch.setattr(resumable, "_rank_and_world", lambda: (3, 8))
+    assert len(ResumableLoader(list(range(100)), batch_size=16, drop_last=True)) == 1
+    monkeypatch.setattr(resumable, "_rank_and_world", lambda: (0, 1))
+    # a checkpoint that closed epoch 1: the skip belongs to epoch 1, epoch 2 starts whole
+    closed = ResumableLoader(data, batch_size=4, seed=5)
+    closed.load_state_dict({"epoch": 1, "seed": 5, "served": 7})
+    closed.sampler.set_epoch(2)
+    assert len([b for b in closed]) == 6
+
+
+class RandomSamples(torch.utils.data.Dataset):
+    """Each sample is a draw from torch's generator (an augmentation stands in for it)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(2) + index
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentations_repeat_on_resume_whatever_the_workers(workers: int) -> None:
+    straight = ResumableLoader(RandomSamples(), batch_size=3, seed=1, num_workers=workers)
+    straight.sampler.set_epoch(4)
+    everything = [b for b in straight]
+    resumed = ResumableLoader(RandomSamples(), batch_size=3, seed=1, num_workers=0)
+    resumed.load_state_dict({"epoch": 4, "seed": 1, "served": 3})  # 2 batches trained, 1 prefetched
+    again = [b for b in resumed]
+    assert len(again) == 2 and all(torch.equal(a, b) for a, b in zip(again, everything[2:]))
 
 
 # ------------------------------------------------------------------------- kill -9, resume
@@ -103,23 +135,13 @@ def test_killed_run_resumes_to_the_same_weights(naip_chips: Path, tmp_path: Path
             "--data.batch_size", "4", "--trainer.max_steps", "14", "--trainer.max_epochs", "10", "--model.lr", "1e-3",
             *TINY_RUN]  # lr 1e-3: every step moves weights ~1e-3, far beyond the tolerance below
     straight = _maekit([*base, "-c", str(_override(tmp_path, "straight"))])
-    killed = _maekit([*base, "-c", str(_override(tmp_path, "killed", slow=True))])
+    killed = _maekit([*base, "-c", str(_override(tmp_path, "killed", kill_at=4))])
     run = tmp_path / "killed"
-    step, deadline = -1, time.time() + 240
-    while time.time() < deadline and killed.poll() is None:  # kill -9 once step 3 is on disk
-        found = list(run.rglob("last.ckpt"))
-        if found:
-            try:
-                step = torch.load(found[0], map_location="cpu", weights_only=False)["global_step"]
-            except Exception:  # noqa: BLE001 - being replaced right now; atomic, so retry
-                step = -1
-            if step >= 3:
-                os.kill(killed.pid, signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    killed.wait(timeout=60)
-    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 3 <= step < 14
+    killed.wait(timeout=300)
+    out = killed.stdout.read() if killed.stdout else ""
+    assert killed.returncode == -signal.SIGKILL, out[-3000:]
+    step = torch.load(_last(run), map_location="cpu", weights_only=False)["global_step"]
+    assert step == 4  # 4 of 6 batches of the epoch done: killed mid-epoch
     early = _weights(_last(run))
     resumed = _maekit([*base, "-c", str(_override(tmp_path, "killed")), "--ckpt_path", str(_last(run))])
     _finish(resumed)

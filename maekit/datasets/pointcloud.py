@@ -47,7 +47,8 @@ Augmentation = Literal["scale_translate", "rotate", "jitter", "dropout"]
 
 @dataclass
 class PointCloud:
-    """One cloud: xyz (N, 3) float32 and optional per-point channels by name (N,) float32."""
+    """One cloud: xyz (N, 3) float64 (georeferenced coordinates keep their centimetres until the
+    cloud is centred) and optional per-point channels by name (N,) float32."""
 
     xyz: np.ndarray
     channels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -132,7 +133,7 @@ def _read_open3d(path: Path, suffix: str, mesh_points: int, sampling: str) -> Po
         channels.update(zip("rgb", np.asarray(pcd.colors, dtype=np.float32).T))
     if pcd.has_normals():
         channels.update(zip(("nx", "ny", "nz"), np.asarray(pcd.normals, dtype=np.float32).T))
-    return PointCloud(np.asarray(pcd.points, dtype=np.float32), channels)
+    return PointCloud(np.asarray(pcd.points, dtype=np.float64), channels)
 
 
 def _ply_has_faces(path: Path) -> bool:
@@ -152,11 +153,13 @@ def _read_las(path: Path) -> PointCloud:
     except ImportError as err:
         raise ConfigError(f"{path}: reading LAS/LAZ needs laspy (`pip install maekit[lidar]`)") from err
     las = laspy.read(str(path))
-    xyz = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], 1).astype(np.float32)
+    xyz = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], 1).astype(np.float64)
     channels = {"intensity": np.asarray(las.intensity, dtype=np.float32) / 65535.0}
     if hasattr(las, "red"):
-        channels.update({c: np.asarray(getattr(las, n), dtype=np.float32) / 65535.0
-                         for c, n in zip("rgb", ("red", "green", "blue"))})
+        rgb = {c: np.asarray(getattr(las, n), dtype=np.float32) for c, n in zip("rgb", ("red", "green", "blue"))}
+        # the format says 16 bits, but many writers store 8-bit colours in those fields
+        full = 255.0 if max(float(v.max(initial=0)) for v in rgb.values()) <= 255 else 65535.0
+        channels.update({c: v / full for c, v in rgb.items()})
     return PointCloud(xyz, channels)
 
 
@@ -172,23 +175,37 @@ def _read_bin(path: Path, columns: int) -> PointCloud:
 
 def _read_text(path: Path) -> PointCloud:
     text = path.read_text()
-    rows = np.loadtxt(text.replace(",", " ").splitlines(), dtype=np.float32, ndmin=2)
+    rows = np.loadtxt(text.replace(",", " ").splitlines(), dtype=np.float64, ndmin=2)
     return _from_columns(path, rows)
 
 
 def _from_columns(path: Path, rows: np.ndarray) -> PointCloud:
-    """xyz from the first 3 columns; 6 columns are xyz + normals (ModelNet), 7 xyz + rgb + intensity."""
+    """xyz from the first 3 columns, then what the next 3 are: unit vectors are normals
+    (ModelNet), values in [0, 1] or [0, 255] are colours (x y z r g b exports); anything else is
+    refused rather than guessed."""
     if rows.ndim != 2 or rows.shape[1] < 3:
         raise DataError(path, f"holds an array of shape {rows.shape}; expected (points, 3 or more)")
-    rows = rows.astype(np.float32)
+    xyz = rows[:, :3].astype(np.float64)
     channels: dict[str, np.ndarray] = {}
     if rows.shape[1] >= 6:
-        channels.update(zip(("nx", "ny", "nz"), rows[:, 3:6].T))
-    return PointCloud(rows[:, :3], channels)
+        extra = rows[:, 3:6].astype(np.float64)
+        finite = extra[np.isfinite(extra).all(1)]
+        lengths = np.sqrt((finite**2).sum(1))
+        if len(finite) and (np.abs(lengths - 1) < 0.05).mean() > 0.95:
+            channels.update(zip(("nx", "ny", "nz"), extra.astype(np.float32).T))
+        elif len(finite) and finite.min() >= 0 and finite.max() <= 255:
+            scale = 1.0 if finite.max() <= 1 else 255.0
+            channels.update(zip("rgb", (extra / scale).astype(np.float32).T))
+        else:
+            raise DataError(path, f"has {rows.shape[1]} columns whose 4th-6th are neither unit normals nor "
+                                  "colours in [0, 1] / [0, 255]; keep x y z only or convert the file")
+    return PointCloud(xyz, channels)
 
 
 def normalise_unit_sphere(xyz: np.ndarray) -> np.ndarray:
-    """Centre on the centroid and scale so the farthest point lies on the unit sphere."""
+    """Centre on the centroid and scale so the farthest point lies on the unit sphere (in float64:
+    georeferenced coordinates lose centimetres in float32 before centring)."""
+    xyz = xyz.astype(np.float64)
     centred = xyz - xyz.mean(0, keepdims=True)
     radius = float(np.sqrt((centred**2).sum(1)).max())
     return centred / radius if radius > 0 else centred
@@ -258,8 +275,8 @@ class PointCloudDataset(Dataset):
         missing = [c for c in self.channels if c not in cloud.channels]
         if missing:
             raise DataError(where, f"has no {', '.join(missing)} channel(s) (it has {sorted(cloud.channels) or 'none'})")
-        points = np.concatenate([normalise_unit_sphere(cloud.xyz)] + [cloud.channels[c][:, None] for c in self.channels],
-                                1).astype(np.float32)
+        xyz = normalise_unit_sphere(cloud.xyz).astype(np.float32)  # centred in float64 first
+        points = np.concatenate([xyz] + [cloud.channels[c][:, None] for c in self.channels], 1).astype(np.float32)
         points = torch.from_numpy(self._resize(points, where))
         if self.augment:
             points = augment_points(points, self.augment, self.up, self._normals_column)

@@ -166,6 +166,7 @@ def render_points(xyz: Tensor, colours: Tensor, keep: Tensor | None = None, size
                   azimuth: float = 45.0, elevation: float = 25.0) -> Tensor:
     """(B, size, size, 3) orthographic renders of clouds (B, P, 3) in the unit sphere, on
     white, nearer points drawn over farther ones and shaded by depth; `keep` (B, P) hides points."""
+    xyz = xyz.float()
     batch, count, _ = xyz.shape
     a, e = math.radians(azimuth), math.radians(elevation)
     rot_y = xyz.new_tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])

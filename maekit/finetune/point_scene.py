@@ -10,7 +10,7 @@ The result, one feature vector per input point in input order, is what a practit
 or probes (ground / vegetation / building separation without labels); `components` projects it
 onto its leading principal components to keep files small.
 
-Written as a binary PLY: `x, y, z`, the features `f000...` (float32) and `chunks` (how many
+Written as a binary PLY: `x, y, z` (double: georeferenced coordinates stay exact), the features `f000...` (float32) and `chunks` (how many
 chunks saw the point). The model only ever sees one batch of chunks; the output array itself
 has one row per point.
 """
@@ -106,11 +106,11 @@ def embed_point_scene(
         group = chunks[start:start + batch_size]
         inputs, normalised = [], []
         for chunk in group:
-            pts = xyz[chunk.index].astype(np.float32)
+            pts = xyz[chunk.index].astype(np.float64)  # centred in float64: georeferenced metres keep their cm
             take = rng.choice(len(pts), points_per_chunk, replace=len(pts) < points_per_chunk)
             centre = pts[take].mean(0)
             radius = float(np.sqrt(((pts[take] - centre) ** 2).sum(1)).max()) or 1.0
-            norm = (pts - centre) / radius
+            norm = ((pts - centre) / radius).astype(np.float32)
             sample = norm[take]
             if channels is not None:
                 sample = np.concatenate([sample, channels[chunk.index][take].astype(np.float32)], 1)
@@ -145,8 +145,8 @@ def principal_components(features: np.ndarray, k: int, sample: int = 100_000, se
 def write_ply(path: str | Path, xyz: np.ndarray, fields: dict[str, np.ndarray]) -> Path:
     """Write a binary little-endian PLY of points with named per-point scalar fields, atomically."""
     path = Path(path)
-    columns = [("x", xyz[:, 0].astype(np.float32)), ("y", xyz[:, 1].astype(np.float32)),
-               ("z", xyz[:, 2].astype(np.float32))] + [(n, np.asarray(v)) for n, v in fields.items()]
+    columns = [("x", xyz[:, 0].astype(np.float64)), ("y", xyz[:, 1].astype(np.float64)),
+               ("z", xyz[:, 2].astype(np.float64))] + [(n, np.asarray(v)) for n, v in fields.items()]
     kinds = {np.dtype("float32"): "float", np.dtype("float64"): "double", np.dtype("int32"): "int",
              np.dtype("uint8"): "uchar", np.dtype("int16"): "short", np.dtype("uint16"): "ushort"}
     table = np.empty(len(xyz), dtype=[(n, v.dtype.newbyteorder("<")) for n, v in columns])

@@ -238,13 +238,13 @@ class PointCloudDataset(Dataset):
                  labels: Sequence[int] | None = None, augment: Sequence[Augmentation] = (),
                  subsample: Literal["random", "fps"] = "random", resample_small: bool = False,
                  min_points: int = 1, up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192,
-                 bin_columns: int = 4) -> None:
+                 bin_columns: int = 4, mesh_sampling: Literal["uniform", "poisson"] = "uniform") -> None:
         self.sources, self.labels = list(sources), labels
         self.num_points, self.channels = num_points, list(channels)
         self.augment, self.subsample = list(augment), subsample
         self.resample_small, self.min_points = resample_small, min_points
         self.up = "xyz".index(up_axis)
-        self.mesh_points, self.bin_columns = mesh_points, bin_columns
+        self.mesh_points, self.bin_columns, self.mesh_sampling = mesh_points, bin_columns, mesh_sampling
         self._h5: dict[Path, Any] = {}
         names = self.channels
         at = names.index("nx") if "nx" in names else -1
@@ -256,7 +256,7 @@ class PointCloudDataset(Dataset):
     def load(self, source: PointSource) -> PointCloud:
         """The raw cloud of one source (checked, not normalised)."""
         if source.row is None:
-            return read_points(source.path, self.mesh_points, bin_columns=self.bin_columns)
+            return read_points(source.path, self.mesh_points, self.mesh_sampling, self.bin_columns)
         handle = self._h5.get(source.path)
         if handle is None:  # one open handle per file and worker
             import h5py
@@ -483,6 +483,7 @@ class PointCloudDataModule(L.LightningDataModule):
         val_fraction: share of an unlabelled folder held out for validation.
         up_axis: the vertical axis (ModelNet / ShapeNet: y; lidar: z).
         mesh_points: points sampled from each mesh.
+        mesh_sampling: `uniform` (area-weighted, fast) or `poisson` (Poisson-disk: evenly spaced).
         bin_columns: float32 values per point of `.bin` lidar files.
     """
 
@@ -492,7 +493,7 @@ class PointCloudDataModule(L.LightningDataModule):
                  batch_size: int = 32, num_workers: int = 0, resample_small: bool = False, min_points: int = 64,
                  labels_per_class: int | None = None, val_fraction: float = 0.05,
                  up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192, bin_columns: int = 4,
-                 seed: int = 0) -> None:
+                 mesh_sampling: Literal["uniform", "poisson"] = "uniform", seed: int = 0) -> None:
         super().__init__()
         self.root, self.layout, self.task = Path(root), layout, task
         self.num_points, self.channels = num_points, list(channels or [])
@@ -501,6 +502,7 @@ class PointCloudDataModule(L.LightningDataModule):
         self.resample_small, self.min_points = resample_small, min_points
         self.labels_per_class, self.val_fraction = labels_per_class, val_fraction
         self.up_axis, self.mesh_points, self.bin_columns, self.seed = up_axis, mesh_points, bin_columns, seed
+        self.mesh_sampling = mesh_sampling
         self.classes: list[str] = []
         self.datasets: dict[str, PointCloudDataset] = {}
 
@@ -512,7 +514,8 @@ class PointCloudDataModule(L.LightningDataModule):
         return PointCloudDataset(sources, self.num_points, self.channels,
                                  labels if self.task == "classification" else None,
                                  self.augment if train else (), "random" if train else "fps",
-                                 self.resample_small, self.min_points, self.up_axis, self.mesh_points, self.bin_columns)
+                                 self.resample_small, self.min_points, self.up_axis, self.mesh_points, self.bin_columns,
+                                 self.mesh_sampling)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -8,9 +8,7 @@ pretrained encoder and from scratch (same recipe), and print validation Dice of 
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from maekit.datasets import VolumeDataModule
 from maekit.datasets.medical_samples import make_brats_dataset
+from maekit.demo_common import quiet, quiet_trainer
 from maekit.domains import VolumeAdapter
 from maekit.finetune import VolumeSegmentationTask
 from maekit.pretrain import GroupDirichletMasking, MAEPretrainModule
@@ -31,11 +30,6 @@ def _adapter() -> VolumeAdapter:
     return VolumeAdapter(MODALITIES, patch_size=PATCH, norm_pix_loss=False)
 
 
-def _trainer(epochs: int, root: Path, **kwargs: Any) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, default_root_dir=root, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=5, **kwargs)
-
-
 def segment(data: Path, out: Path, pretrained: str | None, labelled: int, epochs: int) -> list[float]:
     """Fine-tune on `labelled` cases; Dice per tumour class on the held-out cases."""
     L.seed_everything(0, verbose=False)
@@ -45,7 +39,7 @@ def segment(data: Path, out: Path, pretrained: str | None, labelled: int, epochs
     dm.datasets["train"].cases = dm.datasets["train"].cases[:labelled]
     task = VolumeSegmentationTask(_adapter(), num_classes=4, roi_size=[ROI] * 3, size=SIZE, pretrained=pretrained,
                                   lr=1e-3, layer_decay=0.75, feature_size=8, warmup_epochs=2)
-    trainer = _trainer(epochs, out, enable_checkpointing=False, check_val_every_n_epoch=epochs,
+    trainer = quiet_trainer(epochs, out, enable_checkpointing=False, check_val_every_n_epoch=epochs,
                        num_sanity_val_steps=0)
     trainer.fit(task, dm)
     return [float(trainer.callback_metrics[f"val/dice_{k}"]) for k in (1, 2, 3)]
@@ -60,8 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--labelled", type=int, default=4, help="labelled cases for fine-tuning")
     p.add_argument("--finetune-epochs", type=int, default=40)
     a = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet()
     out, started = Path(a.out), time.time()
     data = out / "data"
     if not data.is_dir():
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dm = VolumeDataModule(str(data), modalities=MODALITIES, roi_size=[ROI] * 3, batch_size=4, val_fraction=0.1)
     mae = MAEPretrainModule(_adapter(), size=SIZE, decoder_width=96, decoder_depth=2, decoder_heads=4, lr=1.5e-3,
                             warmup_epochs=2, masking=GroupDirichletMasking(0.75, num_groups=4), figure_every_n_epochs=0)
-    trainer = _trainer(a.epochs, out / "pretrain")
+    trainer = quiet_trainer(a.epochs, out / "pretrain")
     trainer.fit(mae, dm)
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
     print(f"[2/3] pretrained {a.epochs} epochs (final train loss {float(trainer.callback_metrics['train/loss_epoch']):.4f})")

@@ -9,9 +9,7 @@ random initialisation.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 
 from maekit.datasets.pointcloud import PointCloudDataModule
 from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
+from maekit.demo_common import quiet, quiet_trainer
 from maekit.domains.pointcloud import PointCloudAdapter
 from maekit.finetune.frozen import FrozenFeatureEvaluation
 from maekit.pretrain import MAEPretrainModule, RandomMasking
@@ -36,11 +35,6 @@ def _data(root: Path, task: str, augment: list[str]) -> PointCloudDataModule:
                                 mesh_points=2048)  # type: ignore[arg-type]
 
 
-def _trainer(epochs: int, root: Path, **kwargs: Any) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, default_root_dir=root, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=5, **kwargs)
-
-
 def frozen_scores(data: Path, pretrained: str | None, out: Path, query: int) -> dict[str, float]:
     """Linear-SVM accuracy on the test split and 5-way 5-shot accuracy of a frozen encoder."""
     scores: dict[str, float] = {}
@@ -48,7 +42,7 @@ def frozen_scores(data: Path, pretrained: str | None, out: Path, query: int) -> 
         L.seed_everything(0, verbose=False)
         model = FrozenFeatureEvaluation(_adapter(), size=SIZE, pretrained=pretrained, protocol=protocol,  # type: ignore[arg-type]
                                         n_way=5, k_shot=5, query=query, folds=10)
-        _trainer(1, out, enable_checkpointing=False, num_sanity_val_steps=0,
+        quiet_trainer(1, out, enable_checkpointing=False, num_sanity_val_steps=0,
                  limit_val_batches=1.0 if protocol == "svm" else 0).fit(model, _data(data, "classification", []))
         scores.update(model.results)
     return scores
@@ -61,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--per-class", type=int, default=24)
     p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
     a = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet()
     out, started = Path(a.out), time.time()
     data = out / "data"
     if not data.is_dir():
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     L.seed_everything(0, verbose=False)
     mae = MAEPretrainModule(_adapter(), size=SIZE, decoder_width=128, decoder_depth=2, decoder_heads=4, lr=1e-3,
                             betas=(0.9, 0.999), warmup_epochs=3, masking=RandomMasking(0.6), figure_every_n_epochs=0)
-    trainer = _trainer(a.epochs, out / "pretrain")
+    trainer = quiet_trainer(a.epochs, out / "pretrain")
     trainer.fit(mae, _data(data, "pretrain", ["scale_translate"]))
     ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
     print(f"[2/3] pretrained {a.epochs} epochs: Chamfer-L2 train loss {float(trainer.callback_metrics['train/loss_epoch']):.4f},"

@@ -292,6 +292,21 @@ def test_svm_chooses_c_by_cross_validation_and_few_shot_folds_repeat() -> None:
         few_shot_folds(y, n_way=5, k_shot=5, query=30, folds=1)
 
 
+def test_rank_shares_are_unpadded_to_each_sample_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import maekit.datasets.resumable as resumable
+    from maekit.datasets.resumable import ResumableLoader
+    from maekit.finetune.frozen import unpad_rank_shares
+
+    data = list(range(11))
+    shares = []
+    for rank in range(4):  # what each of 4 ranks would collect, in its own order
+        monkeypatch.setattr(resumable, "_rank_and_world", lambda rank=rank: (rank, 4))
+        shares.append(torch.cat(list(ResumableLoader(data, batch_size=2, seed=3))))
+    gathered = torch.stack(shares)  # (world, n): what all_gather returns
+    assert gathered.numel() == 12  # one padded sample
+    assert sorted(unpad_rank_shares(gathered, 11).tolist()) == data
+
+
 def _metrics(run: Path) -> list[dict[str, str]]:
     files = sorted(run.rglob("metrics.csv"))
     assert files, f"no metrics under {run}"

@@ -96,8 +96,10 @@ class FrozenFeatureEvaluation(EncoderTask):
             return np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
         x = torch.cat([f for f, _ in parts])
         y = torch.cat([label for _, label in parts])
-        if self.trainer.world_size > 1:  # every rank scores all samples (ranks hold equal counts)
-            x, y = self.all_gather(x).flatten(0, 1), self.all_gather(y).flatten(0, 1)
+        if self.trainer.world_size > 1:  # every rank scores all samples, each once
+            loader = self.trainer.train_dataloader if split == "train" else self.trainer.val_dataloaders
+            total = len(getattr(loader, "dataset", x))
+            x, y = unpad_rank_shares(self.all_gather(x), total), unpad_rank_shares(self.all_gather(y), total)
         return x.cpu().numpy(), y.cpu().numpy()
 
     def on_train_epoch_end(self) -> None:  # after the validation loop of the epoch
@@ -120,6 +122,13 @@ class FrozenFeatureEvaluation(EncoderTask):
 
     def configure_optimizers(self) -> None:  # nothing is trained
         return None
+
+
+def unpad_rank_shares(gathered: Tensor, total: int) -> Tensor:
+    """The samples of an epoch in order, each once, from `all_gather`ed per-rank outputs
+    (world, n, ...): ranks hold strided shares `order[rank::world]` of an order padded with its
+    first samples to `world * n` (as `DistributedSampler` and `ResumableLoader` deal them)."""
+    return gathered.transpose(0, 1).flatten(0, 1)[:total]
 
 
 def linear_svm_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

@@ -37,6 +37,29 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ----------------------------------------------------------------------------- operations
+def test_sample_generator_is_reproducible_and_scans_are_full_size(tmp_path: Path) -> None:
+    """A seed always writes the same files, and a partial scan never has fewer points than asked for."""
+    from maekit.datasets.pointcloud_samples import partial_scan, shape_mesh
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+    first = make_pointcloud_dataset(tmp_path / "a", classes=("cone", "torus"), per_class=2, test_per_class=1,
+                                    partial_fraction=0.5, points=128, seed=3)
+    again = make_pointcloud_dataset(tmp_path / "b", classes=("cone", "torus"), per_class=2, test_per_class=1,
+                                    partial_fraction=0.5, points=128, seed=3)
+    assert contents(first) == contents(again)
+    rng = np.random.default_rng(0)
+    for kind in ("cone", "box", "table", "torus") * 5:
+        scan = partial_scan(shape_mesh(kind, rng), rng, 200)
+        assert len(scan.points) == 200 and scan.has_normals()
+    mesh = next(first.rglob("*.off"))
+    for sampling in ("uniform", "poisson"):
+        same = [read_points(mesh, 300, sampling, mesh_seed=7).xyz for _ in range(2)]
+        assert np.array_equal(*same)
+        assert not np.array_equal(same[0], read_points(mesh, 300, sampling, mesh_seed=8).xyz)
+
+
 def test_fps_returns_distinct_indices_that_cover_the_cloud() -> None:
     torch.manual_seed(0)
     points = torch.rand(4, 500, 3)

@@ -70,7 +70,7 @@ def open3d_module() -> Any:
 
 
 def read_points(path: str | Path, mesh_points: int = 8192, sampling: Literal["uniform", "poisson"] = "uniform",
-                bin_columns: int = 4) -> PointCloud:
+                bin_columns: int = 4, mesh_seed: int | None = None) -> PointCloud:
     """Read one cloud (or sample one from a mesh) and check it: a clear `DataError` for a
     missing, unreadable or empty file, an unknown extension, or NaN/inf coordinates.
 
@@ -78,6 +78,7 @@ def read_points(path: str | Path, mesh_points: int = 8192, sampling: Literal["un
         mesh_points: points sampled from a mesh's surface.
         sampling: `uniform` (area-weighted) or `poisson` (Poisson-disk, evenly spaced) sampling.
         bin_columns: float32 values per point in `.bin` lidar files (KITTI 4, nuScenes 5).
+        mesh_seed: seeds open3d's surface sampler, so a mesh gives the same points for the same seed.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -95,7 +96,7 @@ def read_points(path: str | Path, mesh_points: int = 8192, sampling: Literal["un
         elif suffix == ".txt":
             cloud = _read_text(path)
         else:
-            cloud = _read_open3d(path, suffix, mesh_points, sampling)
+            cloud = _read_open3d(path, suffix, mesh_points, sampling, mesh_seed)
     except DataError:
         raise
     except Exception as err:  # the libraries raise many types for damaged files
@@ -114,13 +115,15 @@ def check_cloud(path: str | Path, cloud: PointCloud) -> PointCloud:
     return cloud
 
 
-def _read_open3d(path: Path, suffix: str, mesh_points: int, sampling: str) -> PointCloud:
+def _read_open3d(path: Path, suffix: str, mesh_points: int, sampling: str, mesh_seed: int | None) -> PointCloud:
     o3d = open3d_module()
     if suffix in MESH_SUFFIXES or (suffix == ".ply" and _ply_has_faces(path)):
         mesh = o3d.io.read_triangle_mesh(str(path))
         if len(mesh.triangles) == 0:
             raise DataError(path, "is a mesh file with no triangles (or could not be parsed)")
         mesh.compute_vertex_normals()
+        if mesh_seed is not None:
+            o3d.utility.random.seed(mesh_seed)
         if sampling == "poisson":
             pcd = mesh.sample_points_poisson_disk(mesh_points)
         else:
@@ -254,9 +257,11 @@ class PointCloudDataset(Dataset):
         return len(self.sources)
 
     def load(self, source: PointSource) -> PointCloud:
-        """The raw cloud of one source (checked, not normalised)."""
+        """The raw cloud of one source (checked, not normalised). A mesh is sampled with a seed
+        drawn from torch's generator, so a seeded loader gives the same points on every run."""
         if source.row is None:
-            return read_points(source.path, self.mesh_points, self.mesh_sampling, self.bin_columns)
+            mesh_seed = int(torch.randint(2**31 - 1, ()))
+            return read_points(source.path, self.mesh_points, self.mesh_sampling, self.bin_columns, mesh_seed)
         handle = self._h5.get(source.path)
         if handle is None:  # one open handle per file and worker
             import h5py

@@ -62,16 +62,38 @@ def shape_mesh(kind: str, rng: np.random.Generator) -> Any:
     return mesh
 
 
-def partial_scan(mesh: Any, rng: np.random.Generator, points: int = 4096) -> Any:
-    """The part of a mesh's surface a sensor sees from one random direction, with sensor noise."""
-    cloud = mesh.sample_points_uniformly(points)
+def sample_surface(mesh: Any, rng: np.random.Generator, points: int) -> Any:
+    """`points` uniform samples of a mesh's surface, with open3d's sampler seeded from `rng`."""
+    open3d_module().utility.random.seed(int(rng.integers(2**31 - 1)))
+    return mesh.sample_points_uniformly(points)
+
+
+def partial_scan(mesh: Any, rng: np.random.Generator, points: int = 2048) -> Any:
+    """Exactly `points` points of the surface a sensor sees from one random direction, with sensor noise.
+
+    The mesh is sampled in rounds until enough points face the sensor, so a narrow view of a
+    shape still gives a full-size scan.
+    """
     view = rng.normal(size=3)
     view /= np.linalg.norm(view)
-    seen = np.asarray(cloud.normals) @ view > 0.0
-    cloud = cloud.select_by_index(np.flatnonzero(seen).tolist())
-    xyz = np.asarray(cloud.points)
-    cloud.points = type(cloud.points)(xyz + rng.normal(0, 0.005, xyz.shape))
-    return cloud
+    rounds: list[Any] = []
+    count = 0
+    for _ in range(64):
+        cloud = sample_surface(mesh, rng, 3 * points)
+        seen = np.flatnonzero(np.asarray(cloud.normals) @ view > 0.0)
+        rounds.append(cloud.select_by_index(seen.tolist()))
+        count += len(seen)
+        if count >= points:
+            break
+    else:
+        raise ValueError(f"only {count} of the mesh's sampled points face the view {view}; is the mesh flat?")
+    scan = rounds[0]
+    for more in rounds[1:]:
+        scan += more
+    scan = scan.select_by_index(list(range(points)))
+    xyz = np.asarray(scan.points)
+    scan.points = type(scan.points)(xyz + rng.normal(0, 0.005, xyz.shape))
+    return scan
 
 
 def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet40"] = "folder",
@@ -94,8 +116,8 @@ def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet
             mesh = shape_mesh(kind, rng)
             stem = f"{kind}_{i + 1:04d}"
             if layout == "modelnet40":
-                cloud = mesh.sample_points_uniformly(points) if rng.random() >= partial_fraction else \
-                    partial_scan(mesh, rng, 3 * points)
+                cloud = sample_surface(mesh, rng, points) if rng.random() >= partial_fraction else \
+                    partial_scan(mesh, rng, points)
                 cloud.normalize_normals()
                 rows = np.concatenate([np.asarray(cloud.points), np.asarray(cloud.normals)], 1)[:points]
                 text = "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows) + "\n"
@@ -105,7 +127,7 @@ def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet
             folder = out / split / kind
             if rng.random() < partial_fraction:
                 with atomic_output(folder / f"{stem}_scan.ply") as tmp:
-                    if not o3d.io.write_point_cloud(str(tmp), partial_scan(mesh, rng, 3 * points)):
+                    if not o3d.io.write_point_cloud(str(tmp), partial_scan(mesh, rng, points)):
                         raise OSError(f"open3d could not write {tmp}")
             else:
                 suffix = ".ply" if i % 2 == 0 else ".off"

@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] in EXTRA_COMMANDS:
             return EXTRA_COMMANDS[argv[0]](argv[1:])
+        from maekit.strategies import register_strategies
+
+        register_strategies()  # --trainer.strategy fsdp_blocks
         MaekitCLI(args=None if from_console else argv)  # Lightning reads sys.argv itself
     except MaekitError as err:
         print(f"maekit: error: {err}", file=sys.stderr)

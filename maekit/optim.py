@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+
+#: name parts that wrappers insert: FSDP units, activation checkpointing, torch.compile
+WRAPPER_NAME_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as in the bare model, without the parts wrappers insert."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS)
+
+
+def parameter_ranks(model: nn.Module) -> dict[str, int]:
+    """Each parameter's number of dimensions by unwrapped name. Record it before FSDP wraps the
+    model: FSDP with `use_orig_params` shows every parameter as a flat 1-D shard afterwards."""
+    return {unwrapped_name(name): param.ndim for name, param in model.named_parameters()}
 
 
 def param_groups(
@@ -17,20 +32,25 @@ def param_groups(
     layer_of: Callable[[str], int] | None = None,
     num_layers: int = 0,
     layer_decay: float = 1.0,
+    ranks: Mapping[str, int] | None = None,
 ) -> list[dict]:
     """AdamW parameter groups.
 
     Biases, norm weights (any 1-D parameter) and the names in `no_decay_names` get no weight
     decay. With `layer_of` and `layer_decay` < 1, a parameter at layer i (0 = embeddings,
     `num_layers` = head) gets its lr scaled by `layer_decay ** (num_layers - i)` (layer-wise lr
-    decay, BEiT/MAE fine-tuning). Frozen parameters are left out.
+    decay, BEiT/MAE fine-tuning). Frozen parameters are left out. Names are matched without
+    wrapper parts (FSDP, checkpointing, compile); `ranks` (from `parameter_ranks` before
+    wrapping) gives the true dimensions of parameters FSDP has flattened.
     """
     skip = set(no_decay_names)
     groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
+    for wrapped_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name in skip or name.endswith(".bias")
+        name = unwrapped_name(wrapped_name)
+        ndim = ranks.get(name, param.ndim) if ranks is not None else param.ndim
+        no_decay = ndim <= 1 or name in skip or name.endswith(".bias")
         layer = layer_of(name) if layer_of is not None else num_layers
         key = (layer, no_decay)
         if key not in groups:

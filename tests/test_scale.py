@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 
 import maekit.datasets.resumable as resumable
 from maekit.datasets.resumable import ResumableLoader
@@ -39,10 +41,32 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RecordParamGroups(Callback):
+    """Writes each optimiser group's weight decay, parameter count and summed element count as
+    seen before training starts (rank 0; under FSDP, whose ranks hold shards, the elements are
+    summed over the ranks)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: object, *args: object) -> None:
+        groups = []
+        for group in trainer.optimizers[0].param_groups:  # type: ignore[attr-defined]
+            elements = torch.tensor(float(sum(p.numel() for p in group["params"])))
+            if isinstance(trainer.strategy, FSDPStrategy):  # type: ignore[attr-defined]
+                elements = trainer.strategy.reduce(elements, reduce_op="sum")  # type: ignore[attr-defined]
+            groups.append([group["weight_decay"], len(group["params"]), int(elements)])
+        if trainer.is_global_zero:  # type: ignore[attr-defined]
+            Path(self.path).write_text(json.dumps(sorted(groups)))
+
+
 def _override(tmp: Path, name: str, kill_at: int | None = None) -> Path:
-    """A second config: last.ckpt after every step (+ an optional kill -9), CSV logs in tmp."""
+    """A second config: last.ckpt after every step (+ an optional kill -9), CSV logs in tmp and
+    the optimiser's parameter groups in `tmp/<name>_groups.json`."""
     slow_cb = ("    - class_path: tests.test_scale.KillAtStep\n"
                f"      init_args: {{step: {kill_at}}}\n") if kill_at is not None else ""
+    slow_cb += ("    - class_path: tests.test_scale.RecordParamGroups\n"
+                f"      init_args: {{path: {tmp / (name + '_groups.json')}}}\n")
     path = tmp / f"{name}.yaml"
     path.write_text(
         "trainer:\n"
@@ -173,19 +197,37 @@ def _train_losses(run: Path, latest: bool = False) -> list[float]:
         return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
 
+def _epoch_losses(run: Path) -> list[float]:
+    (metrics,) = run.rglob("metrics.csv")
+    with open(metrics) as f:
+        return [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+
+
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(naip_chips: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
+def test_two_processes_match_one_process(strategy: str, naip_chips: Path, tmp_path: Path) -> None:
+    """DDP, and FSDP sharding each transformer block (on CPU through gloo), train like one
+    process with the same global batch, with the same weight-decay groups."""
     base = ["fit", "-c", str(REPO / "configs/naip/pretrain.yaml"), "--data.root", str(naip_chips),
             "--trainer.max_steps", "12", "--model.lr", "1e-3", *TINY_RUN]
     single = _maekit([*base, "-c", str(_override(tmp_path, "single")), "--data.batch_size", "8"])
     _finish(single)
-    ddp = _maekit([*base, "-c", str(_override(tmp_path, "ddp")), "--data.batch_size", "4",
-                   "--trainer.devices", "2", "--trainer.strategy", "ddp"])
-    out = _finish(ddp)
+    two_ranks = _maekit([*base, "-c", str(_override(tmp_path, strategy)), "--data.batch_size", "4",
+                         "--trainer.devices", "2", "--trainer.strategy", strategy])
+    out = _finish(two_ranks)
     assert "distributed_backend=gloo" in out and "All distributed processes registered" in out
-    one, two = _train_losses(tmp_path / "single"), _train_losses(tmp_path / "ddp")
+    one, two = _train_losses(tmp_path / "single"), _train_losses(tmp_path / strategy)
     assert len(one) == len(two) == 12  # same number of optimizer steps on the same global batch
     mean_one, mean_two = sum(one[-6:]) / 6, sum(two[-6:]) / 6
     assert abs(mean_one - mean_two) / mean_one < 0.1, (one, two)
     assert one[-1] < one[0] and two[-1] < two[0]  # both learn
-    assert len(list((tmp_path / "ddp").rglob("last.ckpt"))) == 1  # checkpointing happens once
+    # FSDP shows parameters as flat shards: the decay groups must still be the bare model's
+    groups = [json.loads((tmp_path / f"{name}_groups.json").read_text()) for name in ("single", strategy)]
+    assert groups[0] == groups[1] and len(groups[0]) == 2, groups
+    checkpoints = list((tmp_path / strategy).rglob("last.ckpt"))
+    assert len(checkpoints) == 1  # checkpointing happens once, as one ordinary file
+    saved = _weights(checkpoints[0])
+    assert saved.keys() == _weights(_last(tmp_path / "single")).keys()
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    epoch_mean = _epoch_losses(tmp_path / strategy)  # reduced over both ranks' samples
+    assert len(epoch_mean) >= 1 and all(v == v for v in epoch_mean)

@@ -12,7 +12,7 @@ from maekit.datasets import ChipDataModule
 from maekit.domains import MultispectralAdapter
 from maekit.errors import DataError
 from maekit.finetune import ClassificationTask
-from maekit.optim import param_groups, warmup_cosine
+from maekit.optim import param_groups, parameter_ranks, warmup_cosine
 from maekit.pretrain import MAEPretrainModule
 
 
@@ -35,6 +35,26 @@ def test_layer_decay_scales_lr_by_depth_and_skips_decay_on_norms() -> None:
     assert decay_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.05
     for name in ("encoder.blocks.0.norm1.weight", "encoder.blocks.0.mlp.fc1.bias", "adapter.group_embed.weight"):
         assert decay_of[id(named[name])] == 0.0
+
+
+def test_groups_see_through_wrappers_and_flattened_parameters() -> None:
+    """torch.compile and FSDP insert name parts (`_orig_mod`, `_fsdp_wrapped_module`) and FSDP
+    flattens parameters to 1-D: layer decay and weight decay must still follow the bare model."""
+    task = tiny_task(layer_decay=0.5)
+    depth = task.encoder.depth
+    bare = param_groups(task, 0.05, (), task._layer_of, depth + 1, 0.5)
+    ranks = parameter_ranks(task)
+    task.encoder = torch.compile(task.encoder)  # type: ignore[assignment]
+    with torch.no_grad():
+        for param in task.parameters():  # what FSDP's flat shards look like
+            param.data = param.data.reshape(-1)
+    assert any("_orig_mod" in name for name, _ in task.named_parameters())
+    wrapped = param_groups(task, 0.05, (), task._layer_of, depth + 1, 0.5, ranks=ranks)
+
+    def summary(groups: list[dict]) -> list[tuple[float, float, int]]:
+        return sorted((g["weight_decay"], g["lr_scale"], len(g["params"])) for g in groups)
+
+    assert summary(wrapped) == summary(bare) and len(bare) > 2 * depth
 
 
 def test_linear_probe_optimises_only_the_head() -> None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from maekit.backbones import SIZES, SizeName, TransformerStack
 from maekit.errors import ConfigError
 from maekit.finetune.heads import Pooling, PooledClassifier, UpsamplingDecoder
-from maekit.optim import build_adamw, lightning_schedule, param_groups
+from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
 from maekit.seeding import seed_training_batch
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.loading import load_encoder
@@ -64,6 +64,7 @@ class EncoderTask(L.LightningModule):
         if freeze_encoder:
             for part in (self.adapter, self.encoder):
                 part.requires_grad_(False)
+        self._parameter_ranks: dict[str, int] | None = None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -133,11 +134,16 @@ class EncoderTask(L.LightningModule):
             return int(name.split(".")[2]) + 1
         return depth + 1
 
+    def configure_model(self) -> None:
+        """Record parameter ranks while the model is bare (FSDP flattens them when it wraps)."""
+        if self._parameter_ranks is None:
+            self._parameter_ranks = parameter_ranks(self)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         skip = {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
         groups = param_groups(self, hp.weight_decay, skip, self._layer_of, self.encoder.depth + 1,
-                              hp.layer_decay)
+                              hp.layer_decay, ranks=self._parameter_ranks)
         optimizer = build_adamw(groups, hp.lr, tuple(hp.betas))
         return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 
 from maekit.backbones import SizeName
-from maekit.optim import build_adamw, lightning_schedule, param_groups
+from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
 from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
@@ -63,6 +64,8 @@ class MAEPretrainModule(L.LightningModule):
             self.mae.decoder = torch.compile(self.mae.decoder)  # type: ignore[assignment]
         self._figure_batch: dict[str, Any] | None = None
         self.last_figure: Path | None = None
+        self._parameter_ranks: dict[str, int] | None = None
+        self.train_loss = MeanMetric(nan_strategy="disable")  # no NaN check: it would sync the host each step
 
     @property
     def adapter(self) -> DomainAdapter:
@@ -85,8 +88,11 @@ class MAEPretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.mae(batch)
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=out.tokens.batch_size)
+        # the step value is this rank's batch (no collective per step); the epoch value is the
+        # mean over every rank's samples, reduced once when the epoch ends
+        self.log("train/loss_step", out.loss, prog_bar=True)
+        self.train_loss.update(out.loss.detach(), out.tokens.batch_size)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         if self._figure_batch is None:  # the first (shuffled) batch, kept so epochs compare
             self._figure_batch = _first(batch, 8)
         return out.loss
@@ -138,10 +144,15 @@ class MAEPretrainModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_training_batch(self.trainer)  # masks differ per rank and repeat exactly on resume
 
+    def configure_model(self) -> None:
+        """Record parameter ranks while the model is bare (FSDP flattens them when it wraps)."""
+        if self._parameter_ranks is None:
+            self._parameter_ranks = parameter_ranks(self.mae)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else hp.base_lr * self._effective_batch_size() / 256
-        groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay())
+        groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay(), ranks=self._parameter_ranks)
         optimizer = build_adamw(groups, lr, tuple(hp.betas))
         return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
 

@@ -62,7 +62,8 @@ class RecordParamGroups(Callback):
 
 def _override(tmp: Path, name: str, kill_at: int | None = None) -> Path:
     """A second config: last.ckpt after every step (+ an optional kill -9), CSV logs in tmp and
-    the optimiser's parameter groups in `tmp/<name>_groups.json`."""
+    the optimiser's parameter groups in `tmp/<name>_groups.json`. (`monitor: null` is spelled out:
+    jsonargparse merges a callback list item by item into a base list of the same length.)"""
     slow_cb = ("    - class_path: tests.test_scale.KillAtStep\n"
                f"      init_args: {{step: {kill_at}}}\n") if kill_at is not None else ""
     slow_cb += ("    - class_path: tests.test_scale.RecordParamGroups\n"
@@ -74,7 +75,7 @@ def _override(tmp: Path, name: str, kill_at: int | None = None) -> Path:
         f"    init_args: {{save_dir: {tmp / name}, name: run}}\n"
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {every_n_train_steps: 1, save_last: true, save_top_k: 0}\n" + slow_cb)
+        "      init_args: {monitor: null, every_n_train_steps: 1, save_last: true, save_top_k: 0}\n" + slow_cb)
     return path
 
 

@@ -7,13 +7,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
+from maekit.cli import main
 from maekit.datasets import ChipDataModule
 from maekit.domains import MultispectralAdapter
 from maekit.errors import DataError
 from maekit.finetune import ClassificationTask
 from maekit.optim import param_groups, parameter_ranks, warmup_cosine
 from maekit.pretrain import MAEPretrainModule
+
+from .conftest import CPU_TRAINER, REPO, TINY_DECODER, TINY_MODEL
 
 
 def tiny_task(**kwargs: object) -> ClassificationTask:
@@ -132,3 +136,40 @@ def test_loading_warns_about_missing_weights_and_accepts_compiled_checkpoints(tm
     torch.save({"state_dict": encoder_only}, tmp_path / "encoder_only.ckpt")
     with pytest.warns(UserWarning, match="has no weights for adapter"):
         tiny_task(pretrained=str(tmp_path / "encoder_only.ckpt"))
+
+
+class PoisonWeightsAt(Callback):
+    """Writes NaN into the encoder's final norm when training reaches `step`: a diverging run on cue."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.mae.encoder.norm.weight.fill_(float("nan"))  # type: ignore[union-attr]
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_no_poisoned_checkpoint(
+        naip_chips: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    override = tmp_path / "poison.yaml"
+    override.write_text(
+        "trainer:\n"
+        "  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n"
+        f"    init_args: {{save_dir: {tmp_path}, name: run}}\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {monitor: null, every_n_train_steps: 1, save_last: true, save_top_k: 0}\n"
+        "    - class_path: tests.test_training.PoisonWeightsAt\n"
+        "      init_args: {step: 3}\n")
+    code = main(["fit", "-c", str(REPO / "configs/naip/pretrain.yaml"), "-c", str(override),
+                 "--data.root", str(naip_chips), "--data.crop_size", "32", "--data.batch_size", "4",
+                 "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8",
+                 "--model.figure_every_n_epochs", "0", "--trainer.max_steps", "8", *TINY_MODEL, *TINY_DECODER,
+                 *CPU_TRAINER, "--trainer.log_every_n_steps", "50"])  # caught by the check before saving
+    assert code == 2
+    assert "loss became NaN or infinite at step 3" in capsys.readouterr().err
+    (last,) = tmp_path.rglob("last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3  # the checkpoint after step 3 (the bad one) was refused
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())

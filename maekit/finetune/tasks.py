@@ -12,13 +12,14 @@ from torch import Tensor, nn
 from maekit.backbones import SIZES, SizeName, TransformerStack
 from maekit.errors import ConfigError
 from maekit.finetune.heads import Pooling, PooledClassifier, UpsamplingDecoder
+from maekit.guards import LossGuard
 from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
 from maekit.seeding import seed_training_batch
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.loading import load_encoder
 
 
-class EncoderTask(L.LightningModule):
+class EncoderTask(LossGuard, L.LightningModule):
     """A pretrained adapter + encoder with a task head; the common part of every task.
 
     Args:
@@ -74,6 +75,7 @@ class EncoderTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the encoder for `maekit export`."""
+        self.check_loss_before_saving()
         checkpoint["maekit"] = {"adapter": self.adapter.config(), "size": self.hparams.size, "prefix": "",
                                 "task": type(self).__name__}
 
@@ -110,6 +112,7 @@ class EncoderTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
         loss = self.criterion(logits.float(), self.loss_target(batch))
+        self.watch_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
 

@@ -10,6 +10,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from maekit.backbones import SizeName
+from maekit.guards import LossGuard
 from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
 from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
@@ -18,7 +19,7 @@ from maekit.seeding import seed_training_batch
 from maekit.tokens import DomainAdapter
 
 
-class MAEPretrainModule(L.LightningModule):
+class MAEPretrainModule(LossGuard, L.LightningModule):
     """Masked-autoencoder pretraining for any domain adapter.
 
     Args:
@@ -79,6 +80,7 @@ class MAEPretrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the model (adapter, sizes, masking-free) for `maekit export`."""
+        self.check_loss_before_saving()
         hp = self.hparams
         checkpoint["maekit"] = {
             "adapter": self.adapter.config(), "size": hp.size, "decoder_width": hp.decoder_width,
@@ -88,6 +90,7 @@ class MAEPretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.mae(batch)
+        self.watch_loss(out.loss)
         # the step value is this rank's batch (no collective per step); the epoch value is the
         # mean over every rank's samples, reduced once when the epoch ends
         self.log("train/loss_step", out.loss, prog_bar=True)

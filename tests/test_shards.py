@@ -127,6 +127,26 @@ def test_point_cloud_round_trip_and_stream_time_augmentation(tmp_path: Path) -> 
     assert batch["points"].shape == (2, 128, 6) and isinstance(batch["path"], list)
 
 
+def test_point_shards_keep_a_pool_so_each_epoch_draws_a_new_subset(tmp_path: Path) -> None:
+    from maekit.datasets.pointcloud import PointCloudDataModule
+    from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
+
+    root = make_pointcloud_dataset(tmp_path / "pc", "modelnet40", classes=("box", "torus"), per_class=2,
+                                   test_per_class=1, points=512, seed=2)
+    source = PointCloudDataModule(str(root), task="classification", num_points=64, batch_size=2, min_points=8,
+                                  augment=[])
+    out = write_shards(source, tmp_path / "shards")
+    source.setup()
+    stream = StreamingShardsDataModule(str(out), shuffle=False)
+    stream.setup()
+    draws = [stream.datasets["train"][0]["points"] for _ in range(2)]
+    everything = {tuple(row) for row in source.datasets["train"].all_points(0)[0].tolist()}
+    for draw in draws:
+        assert draw.shape == (64, 3) and len({tuple(r) for r in draw.tolist()}) == 64
+        assert {tuple(row) for row in draw.tolist()} <= everything  # points of the cloud, not made up
+    assert {tuple(r) for r in draws[0].tolist()} != {tuple(r) for r in draws[1].tolist()}
+
+
 def test_volume_round_trip_crops_at_stream_time_and_keeps_whole_validation_cases(tmp_path: Path) -> None:
     from maekit.datasets.medical import VolumeDataModule
     from maekit.datasets.medical_samples import make_brats_dataset

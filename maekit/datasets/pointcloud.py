@@ -274,15 +274,8 @@ class PointCloudDataset(Dataset):
         return check_cloud(f"{source.path}[{source.row}]", cloud)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        source = self.sources[index]
-        where = f"{source.path}[{source.row}]" if source.row is not None else str(source.path)
-        cloud = self.load(source)
-        missing = [c for c in self.channels if c not in cloud.channels]
-        if missing:
-            raise DataError(where, f"has no {', '.join(missing)} channel(s) (it has {sorted(cloud.channels) or 'none'})")
-        xyz = normalise_unit_sphere(cloud.xyz).astype(np.float32)  # centred in float64 first
-        points = np.concatenate([xyz] + [cloud.channels[c][:, None] for c in self.channels], 1).astype(np.float32)
-        points = torch.from_numpy(self._resize(points, where))
+        points, where = self.all_points(index)
+        points = torch.from_numpy(self.resize(points, where))
         if self.augment:
             points = augment_points(points, self.augment, self.up, self._normals_column)
         item: dict[str, Any] = {"points": points, "path": where}
@@ -290,7 +283,19 @@ class PointCloudDataset(Dataset):
             item["label"] = torch.tensor(self.labels[index], dtype=torch.long)
         return item
 
-    def _resize(self, points: np.ndarray, where: str) -> np.ndarray:
+    def all_points(self, index: int) -> tuple[np.ndarray, str]:
+        """Every point of sample `index` as (P, 3 + C) float32 in the unit sphere, and where it is from."""
+        source = self.sources[index]
+        where = f"{source.path}[{source.row}]" if source.row is not None else str(source.path)
+        cloud = self.load(source)
+        missing = [c for c in self.channels if c not in cloud.channels]
+        if missing:
+            raise DataError(where, f"has no {', '.join(missing)} channel(s) (it has {sorted(cloud.channels) or 'none'})")
+        xyz = normalise_unit_sphere(cloud.xyz).astype(np.float32)  # centred in float64 first
+        return np.concatenate([xyz] + [cloud.channels[c][:, None] for c in self.channels], 1).astype(np.float32), where
+
+    def resize(self, points: np.ndarray, where: str) -> np.ndarray:
+        """Exactly `num_points` of `points`: subsampled (`subsample`), or repeated if allowed."""
         count = len(points)
         if count == self.num_points:
             return points
@@ -303,13 +308,21 @@ class PointCloudDataset(Dataset):
                                        "`resample_small: true` to repeat points")
             extra = torch.randint(count, (self.num_points - count,)).numpy()
             return np.concatenate([points, points[extra]], 0)
-        if self.subsample == "fps":
-            from maekit.domains.point_ops import farthest_point_sample
+        return choose_points(points, self.num_points, self.subsample)
 
-            keep = farthest_point_sample(torch.from_numpy(points[None, :, :3]), self.num_points)[0].numpy()
-        else:
-            keep = torch.randperm(count)[: self.num_points].numpy()
-        return points[keep]
+
+def choose_points(points: np.ndarray, count: int, how: Literal["random", "fps"]) -> np.ndarray:
+    """`count` of the rows of `points` (P >= count): a random draw from torch's generator, or
+    farthest-point sampling on xyz (deterministic, in pick order: FPS of all rows reorders them)."""
+    if len(points) == count and how == "random":
+        return points
+    if how == "fps":
+        from maekit.domains.point_ops import farthest_point_sample
+
+        keep = farthest_point_sample(torch.from_numpy(np.ascontiguousarray(points[None, :, :3])), count)[0].numpy()
+    else:
+        keep = torch.randperm(len(points))[:count].numpy()
+    return points[keep]
 
 
 def augment_points(points: Tensor, kinds: Sequence[str], up: int = 1, normals: int | None = None) -> Tensor:

@@ -19,8 +19,10 @@ source's training pipeline run at stream time, per domain:
 - volumes (`VolumeDataset`): whole preprocessed cases (reoriented, resampled, normalised,
   foreground-cropped); padding, random crops of `roi_size`, flips and dropped modalities at stream
   time by the source's own `VolumeDataset` code;
-- point clouds (`PointCloudDataset`): `num_points` points per cloud chosen by farthest-point
-  sampling (deterministic); `augment_points` with the source's augmentations at stream time;
+- point clouds (`PointCloudDataset`): a pool of up to 8 × `num_points` points per cloud in
+  farthest-point order; at stream time a random `num_points` of them in training (as the source
+  draws), the first `num_points` (the source's FPS sample) otherwise, then the source's
+  `augment_points`;
 - NeRF grids (`NerfGridDataset`): padded (centre-cropped when `crop`) grids; horizontal flips of
   the grid (not its padding) at stream time;
 - skeleton sequences (`SkeletonDataset`): centred sequences trimmed to their valid frames; the
@@ -53,6 +55,8 @@ MANIFEST = "maekit_shards.json"
 SHARD_FORMAT = 1
 #: datamodule attributes that adapters and tasks read (`connect_datamodule`, class checks, writers)
 DATAMODULE_ATTRIBUTES = ("bands", "channels", "modalities", "classes", "file_bands")
+#: point clouds keep up to this many times `num_points` points, for per-epoch random subsets
+POINT_POOL = 8
 
 
 # ------------------------------------------------------------------------------ source datamodule
@@ -101,6 +105,33 @@ class _VolumeStore(Dataset):
         return item
 
 
+class _PointStore(Dataset):
+    """A pool of up to `POINT_POOL` × `num_points` points per cloud of a `PointCloudDataset`,
+    in farthest-point order, so streaming still draws a fresh random subset every epoch (Point-MAE
+    draws 1024 of ShapeNet-55's 8192) and its first `num_points` are the source's FPS sample."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = copy.copy(source)
+        self.source.augment, self.source._h5 = [], {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from maekit.datasets.pointcloud import choose_points
+
+        points, where = self.source.all_points(index)
+        pool = POINT_POOL * self.source.num_points
+        if len(points) <= self.source.num_points:
+            points = self.source.resize(points, where)  # the source's own refusal or repetition
+        else:
+            points = choose_points(points, min(pool, len(points)), "fps")
+        item: dict[str, Any] = {"points": torch.from_numpy(np.ascontiguousarray(points)), "path": where}
+        if self.source.labels is not None:
+            item["label"] = torch.tensor(self.source.labels[index], dtype=torch.long)
+        return item
+
+
 class _SkeletonStore(Dataset):
     """Centred sequences of a `SkeletonDataset`, trimmed to their valid frames (before crop/resize)."""
 
@@ -145,10 +176,9 @@ def _plan(dataset: Dataset, seed: int) -> tuple[Dataset, dict[str, Any]]:
             "kind": "volumes", "roi_size": list(dataset.roi_size) if dataset.roi_size is not None else None,
             "random_crop": dataset.random_crop, "flips": dataset.flips, "drop": list(dataset.drop)}
     if isinstance(dataset, PointCloudDataset):
-        plain = copy.copy(dataset)
-        plain.augment, plain.subsample, plain._h5 = [], "fps", {}
-        return plain, {"kind": "points", "augment": list(dataset.augment), "up": dataset.up,
-                       "normals": dataset._normals_column}
+        return _PointStore(dataset), {
+            "kind": "points", "num_points": dataset.num_points, "subsample": dataset.subsample,
+            "augment": list(dataset.augment), "up": dataset.up, "normals": dataset._normals_column}
     if isinstance(dataset, NerfGridDataset):
         plain = copy.copy(dataset)
         plain.random_crop, plain.flips, plain.cache, plain._cache = False, False, False, {}
@@ -247,12 +277,16 @@ class FinishSample:
         return out
 
     def _points(self, item: dict[str, Any]) -> dict[str, Any]:
-        from maekit.datasets.pointcloud import augment_points
+        from maekit.datasets.pointcloud import augment_points, choose_points
 
-        if not (self.augment and self.spec["augment"]):
-            return item
-        return {**item, "points": augment_points(item["points"], self.spec["augment"], self.spec["up"],
-                                                 self.spec["normals"])}
+        spec, points = self.spec, item["points"]
+        count = spec.get("num_points", len(points))
+        if len(points) > count:  # a random draw from the pool in training, its FPS head otherwise
+            how = spec.get("subsample", "fps") if self.augment else "fps"
+            points = torch.from_numpy(choose_points(points.numpy(), count, how)) if how == "random" else points[:count]
+        if self.augment and spec["augment"]:
+            points = augment_points(points, spec["augment"], spec["up"], spec["normals"])
+        return {**item, "points": points.contiguous()}
 
     def _nerf(self, item: dict[str, Any]) -> dict[str, Any]:
         if not (self.augment and self.spec["flips"]):

@@ -1,7 +1,8 @@
 """Fully sharded training for maekit models: FSDP with one shard unit per transformer block.
 
     maekit fit -c configs/ct/pretrain.yaml --trainer.devices 8 --trainer.strategy fsdp_blocks
-    maekit fit -c configs/ct/pretrain.yaml -c configs/strategies/fsdp.yaml     # the same, spelled out
+    maekit fit -c configs/ct/pretrain.yaml --trainer.devices 8 --trainer.strategy fsdp_blocks_checkpointed
+    # in Python: import maekit.strategies, then L.Trainer(strategy="fsdp_blocks", ...)
 
 Lightning's plain `fsdp` wraps the whole model as one unit, so every rank still gathers all
 weights for the forward pass. Encoders and decoders here are stacks of timm `Block`s, the unit
@@ -73,3 +74,6 @@ def register_strategies() -> None:
     StrategyRegistry.register("fsdp_blocks_checkpointed", BlockShardedStrategy,
                               description="FSDP per transformer block, activations recomputed in backward",
                               activation_checkpointing=True)
+
+
+register_strategies()

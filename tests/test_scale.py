@@ -232,3 +232,11 @@ def test_two_processes_match_one_process(strategy: str, naip_chips: Path, tmp_pa
     assert all(torch.isfinite(v).all() for v in saved.values())
     epoch_mean = _epoch_losses(tmp_path / strategy)  # reduced over both ranks' samples
     assert len(epoch_mean) >= 1 and all(v == v for v in epoch_mean)
+    if strategy == "fsdp_blocks":  # a sharded run resumes from its own checkpoint
+        resumed = _maekit([*base[:base.index("--trainer.max_steps")], *base[base.index("--trainer.max_steps") + 2:],
+                           "--trainer.max_steps", "14", "-c", str(_override(tmp_path, strategy)),
+                           "--data.batch_size", "4", "--trainer.devices", "2", "--trainer.strategy", strategy,
+                           "--ckpt_path", str(checkpoints[0])])
+        assert "Restored all states" in _finish(resumed)
+        assert _train_losses(tmp_path / strategy, latest=True) and \
+            torch.load(_last(tmp_path / strategy), map_location="cpu", weights_only=False)["global_step"] == 14

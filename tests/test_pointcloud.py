@@ -37,6 +37,25 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ----------------------------------------------------------------------------- operations
+def test_subsampling_modes() -> None:
+    """random: any rows; fps: the farthest-point picks in order; fps_random (Point-MAE): a
+    varying subset of the first ~1.17x farthest-point picks."""
+    from maekit.datasets.pointcloud import choose_points
+
+    torch.manual_seed(0)
+    cloud = torch.rand(3000, 4).numpy()
+    fps = choose_points(cloud, 256, "fps")
+    head = {tuple(r) for r in choose_points(cloud, 300, "fps").tolist()}
+    assert np.array_equal(fps, choose_points(cloud, 300, "fps")[:256])  # picks are in order
+    draws = [choose_points(cloud, 256, "fps_random") for _ in range(2)]
+    for draw in draws:
+        rows = {tuple(r) for r in draw.tolist()}
+        assert len(rows) == 256 and rows <= head  # from FPS's first round(256 * 1200 / 1024) = 300
+    assert not np.array_equal(draws[0], draws[1])
+    random = choose_points(cloud, 256, "random")
+    assert len({tuple(r) for r in random.tolist()}) == 256 and not {tuple(r) for r in random.tolist()} <= head
+
+
 def test_sample_generator_is_reproducible_and_scans_are_full_size(tmp_path: Path) -> None:
     """A seed always writes the same files, and a partial scan never has fewer points than asked for."""
     from maekit.datasets.pointcloud_samples import partial_scan, shape_mesh

@@ -42,6 +42,9 @@ POINT_SUFFIXES = SCAN_SUFFIXES + MESH_SUFFIXES + (".las", ".laz", ".bin", ".npy"
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table",
                         "bed", "pillow", "sink", "sofa", "toilet"]
 Layout = Literal["auto", "folder", "modelnet40", "modelnet40_h5", "scanobjectnn", "shapenet55"]
+Subsample = Literal["random", "fps", "fps_random"]
+#: `fps_random` first takes this many times `count` points by FPS (Point-MAE: 1200 for 1024)
+FPS_RANDOM_OVERSAMPLE = 1200 / 1024
 Augmentation = Literal["scale_translate", "rotate", "jitter", "dropout"]
 
 
@@ -228,8 +231,8 @@ class PointCloudDataset(Dataset):
 
     Args:
         sources: the samples.
-        num_points: points per sample; larger clouds are subsampled (`random` in training,
-            farthest-point `fps` for evaluation), smaller ones are refused unless `resample_small`.
+        num_points: points per sample; larger clouds are subsampled (`subsample`: see
+            `choose_points`), smaller ones are refused unless `resample_small`.
         channels: extra per-point channels to deliver, by name.
         labels: class index per source.
         augment: training augmentations (Point-MAE: scale_translate).
@@ -239,7 +242,7 @@ class PointCloudDataset(Dataset):
 
     def __init__(self, sources: Sequence[PointSource], num_points: int = 1024, channels: Sequence[str] = (),
                  labels: Sequence[int] | None = None, augment: Sequence[Augmentation] = (),
-                 subsample: Literal["random", "fps"] = "random", resample_small: bool = False,
+                 subsample: Subsample = "random", resample_small: bool = False,
                  min_points: int = 1, up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192,
                  bin_columns: int = 4, mesh_sampling: Literal["uniform", "poisson"] = "uniform") -> None:
         self.sources, self.labels = list(sources), labels
@@ -311,17 +314,23 @@ class PointCloudDataset(Dataset):
         return choose_points(points, self.num_points, self.subsample)
 
 
-def choose_points(points: np.ndarray, count: int, how: Literal["random", "fps"]) -> np.ndarray:
-    """`count` of the rows of `points` (P >= count): a random draw from torch's generator, or
-    farthest-point sampling on xyz (deterministic, in pick order: FPS of all rows reorders them)."""
-    if len(points) == count and how == "random":
-        return points
-    if how == "fps":
-        from maekit.domains.point_ops import farthest_point_sample
+def choose_points(points: np.ndarray, count: int, how: Subsample) -> np.ndarray:
+    """`count` of the rows of `points` (P >= count).
 
-        keep = farthest_point_sample(torch.from_numpy(np.ascontiguousarray(points[None, :, :3])), count)[0].numpy()
-    else:
-        keep = torch.randperm(len(points))[:count].numpy()
+    `random`: a draw from torch's generator. `fps`: farthest-point sampling on xyz (deterministic,
+    in pick order: FPS of all rows reorders them). `fps_random`: Point-MAE's fine-tuning draw, FPS
+    to ~1.17 × `count` points, then a random `count` of those (even coverage, still varied).
+    """
+    if len(points) == count and how != "fps":
+        return points
+    if how == "random":
+        return points[torch.randperm(len(points))[:count].numpy()]
+    from maekit.domains.point_ops import farthest_point_sample
+
+    first = count if how == "fps" else min(len(points), round(count * FPS_RANDOM_OVERSAMPLE))
+    keep = farthest_point_sample(torch.from_numpy(np.ascontiguousarray(points[None, :, :3])), first)[0].numpy()
+    if how == "fps_random":
+        keep = keep[torch.randperm(first)[:count].numpy()]
     return points[keep]
 
 
@@ -503,6 +512,9 @@ class PointCloudDataModule(L.LightningDataModule):
         mesh_points: points sampled from each mesh.
         mesh_sampling: `uniform` (area-weighted, fast) or `poisson` (Poisson-disk: evenly spaced).
         bin_columns: float32 values per point of `.bin` lidar files.
+        train_subsample: how training draws `num_points` from a larger cloud: `random`, or
+            `fps_random` (Point-MAE's fine-tuning: FPS to ~1.17 × `num_points`, then a random
+            subset). Evaluation always takes the deterministic FPS sample.
     """
 
     def __init__(self, root: str, layout: Layout = "auto", task: Literal["pretrain", "classification"] = "pretrain",
@@ -511,8 +523,10 @@ class PointCloudDataModule(L.LightningDataModule):
                  batch_size: int = 32, num_workers: int = 0, resample_small: bool = False, min_points: int = 64,
                  labels_per_class: int | None = None, val_fraction: float = 0.05,
                  up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192, bin_columns: int = 4,
-                 mesh_sampling: Literal["uniform", "poisson"] = "uniform", seed: int = 0) -> None:
+                 mesh_sampling: Literal["uniform", "poisson"] = "uniform", seed: int = 0,
+                 train_subsample: Literal["random", "fps_random"] = "random") -> None:
         super().__init__()
+        self.train_subsample = train_subsample
         self.root, self.layout, self.task = Path(root), layout, task
         self.num_points, self.channels = num_points, list(channels or [])
         self.augment = list(augment) if augment is not None else ["scale_translate"]
@@ -531,7 +545,7 @@ class PointCloudDataModule(L.LightningDataModule):
     def _dataset(self, sources: list[PointSource], labels: list[int] | None, train: bool) -> PointCloudDataset:
         return PointCloudDataset(sources, self.num_points, self.channels,
                                  labels if self.task == "classification" else None,
-                                 self.augment if train else (), "random" if train else "fps",
+                                 self.augment if train else (), self.train_subsample if train else "fps",
                                  self.resample_small, self.min_points, self.up_axis, self.mesh_points, self.bin_columns,
                                  self.mesh_sampling)
 

@@ -281,9 +281,9 @@ class FinishSample:
 
         spec, points = self.spec, item["points"]
         count = spec.get("num_points", len(points))
-        if len(points) > count:  # a random draw from the pool in training, its FPS head otherwise
+        if len(points) > count:  # the source's training draw from the pool, else its FPS head
             how = spec.get("subsample", "fps") if self.augment else "fps"
-            points = torch.from_numpy(choose_points(points.numpy(), count, how)) if how == "random" else points[:count]
+            points = points[:count] if how == "fps" else torch.from_numpy(choose_points(points.numpy(), count, how))
         if self.augment and spec["augment"]:
             points = augment_points(points, spec["augment"], spec["up"], spec["normals"])
         return {**item, "points": points.contiguous()}

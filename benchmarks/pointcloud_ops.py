@@ -6,6 +6,10 @@ Compared in one process, interleaved, with
 - a naive per-sample loop of the same PyTorch code (what a port without batching does);
 FPS results are checked to agree (same start point, same picks) before timing.
 
+And the data-loading draw (Point-MAE's fine-tuning: FPS of one 10000-point ModelNet cloud to
+1200 points): maekit's NumPy `farthest_point_order` against the torch FPS on that one cloud and
+open3d's (which returns points in index order, not pick order).
+
     python benchmarks/pointcloud_ops.py            # CPU
     python benchmarks/pointcloud_ops.py --device cuda
 """
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 
 from maekit.datasets.pointcloud import open3d_module
-from maekit.domains.point_ops import chamfer_l2, farthest_point_sample, knn
+from maekit.domains.point_ops import chamfer_l2, farthest_point_order, farthest_point_sample, knn
 
 
 def timed(fn: Callable[[], object], device: str) -> float:
@@ -42,6 +46,8 @@ def main() -> None:
     p.add_argument("--points", type=int, default=1024)
     p.add_argument("--groups", type=int, default=64)
     p.add_argument("--neighbours", type=int, default=32)
+    p.add_argument("--cloud-points", type=int, default=10000, help="points of the one cloud the data draw reads")
+    p.add_argument("--draw", type=int, default=1200, help="points the data draw keeps by FPS")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: open3d's FPS is single-threaded; a busy machine also "
@@ -74,12 +80,21 @@ def main() -> None:
             for g in range(a.groups):
                 chamfer_l2(pred[i, g], target[i, g])
 
+    one_cloud = np.random.default_rng(0).uniform(-1, 1, (a.cloud_points, 3)).astype(np.float32)
+    one_o3d = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(one_cloud.astype(np.float64)))
+    one_torch = torch.from_numpy(one_cloud)[None]
+    same_draw = np.array_equal(farthest_point_order(one_cloud, a.draw),
+                               farthest_point_sample(one_torch, a.draw)[0].numpy())
+
     cases: dict[str, Callable[[], object]] = {
         "fps maekit (batched)": lambda: farthest_point_sample(clouds, a.groups),
         "fps open3d (per cloud)": lambda: [c.farthest_point_down_sample(a.groups) for c in o3d_clouds],
         "fps per-sample loop": lambda: [farthest_point_sample(clouds[i:i + 1], a.groups) for i in range(a.batch)],
         "fps+knn+chamfer maekit (batched)": batched_all,
         "fps+knn+chamfer per-sample loop": loop_all,
+        "data draw numpy (one cloud)": lambda: farthest_point_order(one_cloud, a.draw),
+        "data draw torch (one cloud)": lambda: farthest_point_sample(one_torch, a.draw),
+        "data draw open3d (one cloud)": lambda: one_o3d.farthest_point_down_sample(a.draw),
     }
     for fn in cases.values():  # warm-up
         fn()
@@ -96,6 +111,9 @@ def main() -> None:
         "fps_speedup_vs_open3d": round(ms["fps open3d (per cloud)"] / ms["fps maekit (batched)"], 2),
         "fps_speedup_vs_loop": round(ms["fps per-sample loop"] / ms["fps maekit (batched)"], 2),
         "all_speedup_vs_loop": round(ms["fps+knn+chamfer per-sample loop"] / ms["fps+knn+chamfer maekit (batched)"], 2),
+        "draw_same_as_torch": bool(same_draw),
+        "draw_speedup_vs_torch": round(ms["data draw torch (one cloud)"] / ms["data draw numpy (one cloud)"], 2),
+        "draw_speedup_vs_open3d": round(ms["data draw open3d (one cloud)"] / ms["data draw numpy (one cloud)"], 2),
     }
     print(json.dumps(result))
 

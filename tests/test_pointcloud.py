@@ -94,6 +94,18 @@ def test_fps_returns_distinct_indices_that_cover_the_cloud() -> None:
     assert fps.mean() < 0.75 * random.mean()
 
 
+def test_numpy_fps_order_makes_the_same_picks_as_the_batched_fps() -> None:
+    from maekit.domains.point_ops import farthest_point_order
+
+    torch.manual_seed(3)
+    points = torch.randn(3, 700, 3)
+    batched = farthest_point_sample(points, 90)
+    for cloud, picks in zip(points, batched):
+        assert np.array_equal(farthest_point_order(cloud.numpy(), 90), picks.numpy())
+    with pytest.raises(ValueError, match="cannot sample 701"):
+        farthest_point_order(points[0].numpy(), 701)
+
+
 def test_knn_matches_brute_force() -> None:
     torch.manual_seed(1)
     points, queries = torch.randn(2, 200, 3), torch.randn(2, 7, 3)

@@ -325,10 +325,10 @@ def choose_points(points: np.ndarray, count: int, how: Subsample) -> np.ndarray:
         return points
     if how == "random":
         return points[torch.randperm(len(points))[:count].numpy()]
-    from maekit.domains.point_ops import farthest_point_sample
+    from maekit.domains.point_ops import farthest_point_order
 
     first = count if how == "fps" else min(len(points), round(count * FPS_RANDOM_OVERSAMPLE))
-    keep = farthest_point_sample(torch.from_numpy(np.ascontiguousarray(points[None, :, :3])), first)[0].numpy()
+    keep = farthest_point_order(points[:, :3], first)
     if how == "fps_random":
         keep = keep[torch.randperm(first)[:count].numpy()]
     return points[keep]

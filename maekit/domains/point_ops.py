@@ -1,9 +1,11 @@
 """Batched point-cloud operations in plain PyTorch: farthest-point sampling, kNN grouping and
 Chamfer distance. No custom CUDA extension: they run wherever torch runs, and under
-`torch.compile`, with no host syncs."""
+`torch.compile`, with no host syncs. Plus a NumPy farthest-point order for one cloud at a time
+(data loading)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +30,31 @@ def farthest_point_sample(points: Tensor, count: int, start: Tensor | None = Non
         d = xyz - centre
         torch.minimum(nearest, d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2], out=nearest)
         current = nearest.argmax(-1)
+    return chosen
+
+
+def farthest_point_order(xyz: np.ndarray, count: int) -> np.ndarray:
+    """(count,) indices of one cloud's (N, 3) points chosen by farthest-point sampling from
+    point 0, in pick order: the same picks as `farthest_point_sample`. For data loading, where
+    clouds come one at a time as arrays: NumPy's in-place steps cost about a third of torch's."""
+    num = len(xyz)
+    if count > num:
+        raise ValueError(f"cannot sample {count} points from a cloud of {num}")
+    axes = np.ascontiguousarray(np.asarray(xyz, dtype=np.float32).T)  # (3, N): each axis one row
+    nearest = np.full(num, np.inf, np.float32)
+    distance, step = np.empty(num, np.float32), np.empty(num, np.float32)
+    chosen = np.empty(count, np.int64)
+    current = 0
+    for i in range(count):
+        chosen[i] = current
+        np.subtract(axes[0], axes[0, current], out=step)
+        np.multiply(step, step, out=distance)
+        for axis in (1, 2):
+            np.subtract(axes[axis], axes[axis, current], out=step)
+            step *= step
+            distance += step
+        np.minimum(nearest, distance, out=nearest)
+        current = int(nearest.argmax())
     return chosen
 
 

@@ -12,6 +12,8 @@ under FSDP: tasks record each parameter's rank before wrapping (`maekit.optim.pa
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -50,6 +52,30 @@ class BlockShardedStrategy(FSDPStrategy):
                          activation_checkpointing_policy=set(SHARDED_MODULES) if activation_checkpointing else None,
                          sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
                          cpu_offload=cpu_offload, **kwargs)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
+                        storage_options: Any | None = None) -> None:
+        """As Lightning saves, but a sharded checkpoint folder is written beside the old one and
+        swapped in when every rank has finished, so a kill mid-save never leaves a folder that
+        mixes two steps' shards (full checkpoints are atomic through maekit's checkpoint IO)."""
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        final = Path(self.broadcast(str(filepath)))
+        partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+        if self.is_global_zero and partial.exists():
+            shutil.rmtree(partial)  # left by an earlier kill
+        self.barrier("maekit_sharded_save_start")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("maekit_sharded_save_written")
+        if self.is_global_zero:
+            if final.exists():
+                final.rename(old)
+            partial.rename(final)
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        self.barrier("maekit_sharded_save_swapped")
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         """Wrap as Lightning does; on CPU (gloo) name the device for FSDP, which Lightning leaves

@@ -206,7 +206,8 @@ def _epoch_losses(run: Path) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
-def test_two_processes_match_one_process(strategy: str, naip_chips: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_process(strategy: str, naip_chips: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     """DDP, and FSDP sharding each transformer block (on CPU through gloo), train like one
     process with the same global batch, with the same weight-decay groups."""
     base = ["fit", "-c", str(REPO / "configs/naip/pretrain.yaml"), "--data.root", str(naip_chips),
@@ -232,11 +233,32 @@ def test_two_processes_match_one_process(strategy: str, naip_chips: Path, tmp_pa
     assert all(torch.isfinite(v).all() for v in saved.values())
     epoch_mean = _epoch_losses(tmp_path / strategy)  # reduced over both ranks' samples
     assert len(epoch_mean) >= 1 and all(v == v for v in epoch_mean)
-    if strategy == "fsdp_blocks":  # a sharded run resumes from its own checkpoint
-        resumed = _maekit([*base[:base.index("--trainer.max_steps")], *base[base.index("--trainer.max_steps") + 2:],
-                           "--trainer.max_steps", "14", "-c", str(_override(tmp_path, strategy)),
-                           "--data.batch_size", "4", "--trainer.devices", "2", "--trainer.strategy", strategy,
-                           "--ckpt_path", str(checkpoints[0])])
-        assert "Restored all states" in _finish(resumed)
-        assert _train_losses(tmp_path / strategy, latest=True) and \
-            torch.load(_last(tmp_path / strategy), map_location="cpu", weights_only=False)["global_step"] == 14
+    if strategy == "fsdp_blocks":
+        _fsdp_resumes_and_writes_sharded_checkpoints_that_export(base, checkpoints[0], tmp_path, capsys)
+
+
+def _fsdp_resumes_and_writes_sharded_checkpoints_that_export(base: list[str], checkpoint: Path, tmp: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A sharded run resumes from its own checkpoint; with `state_dict_type: sharded` it writes
+    checkpoint folders, which `maekit export` refuses with the merge command, then reads merged."""
+    from maekit.cli import main
+
+    steps = base.index("--trainer.max_steps")
+    resumed = _maekit([*base[:steps], *base[steps + 2:], "--trainer.max_steps", "14",
+                       "-c", str(_override(tmp, "sharded")), "--data.batch_size", "4", "--trainer.devices", "2",
+                       "--trainer.strategy", "maekit.strategies.BlockShardedStrategy",
+                       "--trainer.strategy.state_dict_type", "sharded", "--ckpt_path", str(checkpoint)])
+    assert "Restored all states" in _finish(resumed)
+    assert len(_train_losses(tmp / "sharded")) == 2  # steps 12 and 13
+    (folder,) = (tmp / "sharded").rglob("last.ckpt")
+    assert folder.is_dir() and (folder / ".metadata").is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["last.ckpt"]  # swapped in whole, nothing left over
+    assert main(["export", str(folder), str(tmp / "refused")]) == 2
+    assert "consolidate_checkpoint" in capsys.readouterr().err and not (tmp / "refused").exists()
+    merge = subprocess.run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)],
+                           capture_output=True, text=True, timeout=120)
+    assert merge.returncode == 0, merge.stderr[-2000:]
+    merged = folder.with_name("last.ckpt.consolidated")
+    assert torch.load(merged, map_location="cpu", weights_only=True)["global_step"] == 14
+    assert main(["export", str(merged), str(tmp / "exported")]) == 0
+    assert (tmp / "exported" / "model.safetensors").is_file()

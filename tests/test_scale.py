@@ -255,6 +255,12 @@ def _fsdp_resumes_and_writes_sharded_checkpoints_that_export(base: list[str], ch
     assert sorted(p.name for p in folder.parent.iterdir()) == ["last.ckpt"]  # swapped in whole, nothing left over
     assert main(["export", str(folder), str(tmp / "refused")]) == 2
     assert "consolidate_checkpoint" in capsys.readouterr().err and not (tmp / "refused").exists()
+    from maekit.errors import DataError
+    from maekit.weights import from_pretrained, read_state_dict
+
+    for read in (from_pretrained, read_state_dict):  # --model.pretrained FOLDER says the same
+        with pytest.raises(DataError, match="consolidate_checkpoint"):
+            read(folder)
     merge = subprocess.run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)],
                            capture_output=True, text=True, timeout=120)
     assert merge.returncode == 0, merge.stderr[-2000:]

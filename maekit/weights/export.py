@@ -21,14 +21,19 @@ from maekit.files import write_text_atomic
 FORMAT = "maekit-weights/1"
 
 
+def refuse_sharded_checkpoint(path: Path) -> None:
+    """A `DataError` with the merge command if `path` is a sharded (FSDP) checkpoint folder."""
+    if path.is_dir() and (path / ".metadata").is_file():
+        raise DataError(path, "is a sharded checkpoint folder (FSDP with `state_dict_type: sharded`); merge it "
+                              "into one file first: `python -m lightning.pytorch.utilities.consolidate_checkpoint "
+                              f"{path}` writes {path}.consolidated, which maekit reads")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint of the kit, loaded safely (`weights_only=True`)."""
     path = Path(path)
     if path.is_dir():
-        if (path / ".metadata").is_file():
-            raise DataError(path, "is a sharded checkpoint folder (FSDP with `state_dict_type: sharded`); merge it "
-                                  "into one file first: `python -m lightning.pytorch.utilities.consolidate_checkpoint "
-                                  f"{path}` writes {path}.consolidated, which this reads")
+        refuse_sharded_checkpoint(path)
         raise DataError(path, "is a folder, not a checkpoint file")
     if not path.is_file():
         raise DataError(path, "checkpoint does not exist")

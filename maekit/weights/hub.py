@@ -171,13 +171,14 @@ def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_un
     """
     from safetensors.torch import load_file
 
-    from maekit.weights.export import read_checkpoint
+    from maekit.weights.export import read_checkpoint, refuse_sharded_checkpoint
 
     path = resolve(source, trust_unverified)
     converted = _convert_public(path)
     if converted is not None:
         config, state = converted
     elif path.is_dir():
+        refuse_sharded_checkpoint(path)
         config_path, weights_path = path / "config.json", path / "model.safetensors"
         if not (config_path.is_file() and weights_path.is_file()):
             raise DataError(path, "is not an exported model folder (needs config.json and model.safetensors)")

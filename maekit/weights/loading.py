@@ -38,6 +38,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
 
         config = json.loads(sidecar.read_text())
     if path.is_dir():  # an exported model folder
+        from maekit.weights.export import refuse_sharded_checkpoint
+
+        refuse_sharded_checkpoint(path)
         path = path / "model.safetensors"
     if not path.is_file():
         raise DataError(path, "weights file does not exist")

@@ -368,6 +368,23 @@ def _metrics(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def test_voting_redraws_points_per_view_and_evaluation_cuts_to_the_fps_sample() -> None:
+    from maekit.finetune.pointcloud import PointCloudClassificationTask
+
+    torch.manual_seed(0)
+    task = PointCloudClassificationTask(PointCloudAdapter(groups=8, group_size=16), num_classes=3, size="nano",
+                                        votes=4, vote_points=64).eval()
+    points = torch.rand(2, 96, 3) * 2 - 1
+    fps_sample = torch.gather(points, 1, farthest_point_sample(points, 64)[..., None].expand(-1, -1, 3))
+    with torch.no_grad():
+        assert torch.allclose(task({"points": points}), task({"points": fps_sample}), rtol=1e-4, atol=1e-9)
+        voted = task.voted_logits({"points": points})
+        assert torch.equal(voted, task.voted_logits({"points": points}))  # a fixed seed: repeatable
+        task.hparams.vote_points = None  # the same views of all 96 points, no redraw
+        unchanged = task.voted_logits({"points": points})
+        assert (voted - unchanged).abs().max() > 0.01 * voted.abs().max()  # (logits of a fresh head are small)
+
+
 @pytest.mark.slow
 def test_cli_pretrain_classify_vote_svm_fewshot(shapes: Path, tmp_path: Path) -> None:
     logs = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
@@ -387,6 +404,7 @@ def test_cli_pretrain_classify_vote_svm_fewshot(shapes: Path, tmp_path: Path) ->
     tuned = next((tmp_path / "pointcloud_classify").rglob("last.ckpt"))
     assert main(["test", "-c", str(REPO / "configs/pointcloud/classify.yaml"), "--data.root", str(shapes),
                  "--model.num_classes", "4", "--model.votes", "3", "--ckpt_path", str(tuned), *POINTS_TINY,
+                 "--data.eval_points", "150", "--model.vote_points", "128",  # each vote redraws 128 of 150
                  *CPU_TRAINER, *logs]) in (0, None)
 
     assert main(["fit", "-c", str(REPO / "configs/pointcloud/svm.yaml"), "--data.root", str(shapes),

@@ -515,6 +515,8 @@ class PointCloudDataModule(L.LightningDataModule):
         train_subsample: how training draws `num_points` from a larger cloud: `random`, or
             `fps_random` (Point-MAE's fine-tuning: FPS to ~1.17 × `num_points`, then a random
             subset). Evaluation always takes the deterministic FPS sample.
+        eval_points: points of each validation/test cloud (default `num_points`); more lets a
+            classifier's voting draw a fresh subset per vote (Point-MAE: 1200, `vote_points` 1024).
     """
 
     def __init__(self, root: str, layout: Layout = "auto", task: Literal["pretrain", "classification"] = "pretrain",
@@ -524,9 +526,9 @@ class PointCloudDataModule(L.LightningDataModule):
                  labels_per_class: int | None = None, val_fraction: float = 0.05,
                  up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192, bin_columns: int = 4,
                  mesh_sampling: Literal["uniform", "poisson"] = "uniform", seed: int = 0,
-                 train_subsample: Literal["random", "fps_random"] = "random") -> None:
+                 train_subsample: Literal["random", "fps_random"] = "random", eval_points: int | None = None) -> None:
         super().__init__()
-        self.train_subsample = train_subsample
+        self.train_subsample, self.eval_points = train_subsample, eval_points
         self.root, self.layout, self.task = Path(root), layout, task
         self.num_points, self.channels = num_points, list(channels or [])
         self.augment = list(augment) if augment is not None else ["scale_translate"]
@@ -543,7 +545,8 @@ class PointCloudDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def _dataset(self, sources: list[PointSource], labels: list[int] | None, train: bool) -> PointCloudDataset:
-        return PointCloudDataset(sources, self.num_points, self.channels,
+        return PointCloudDataset(sources, self.num_points if train else self.eval_points or self.num_points,
+                                 self.channels,
                                  labels if self.task == "classification" else None,
                                  self.augment if train else (), self.train_subsample if train else "fps",
                                  self.resample_small, self.min_points, self.up_axis, self.mesh_points, self.bin_columns,

@@ -13,6 +13,7 @@ under FSDP: tasks record each parameter's rank before wrapping (`maekit.optim.pa
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,27 +56,33 @@ class BlockShardedStrategy(FSDPStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
                         storage_options: Any | None = None) -> None:
-        """As Lightning saves, but a sharded checkpoint folder is written beside the old one and
-        swapped in when every rank has finished, so a kill mid-save never leaves a folder that
-        mixes two steps' shards (full checkpoints are atomic through maekit's checkpoint IO)."""
+        """As Lightning saves, but a sharded checkpoint folder is written beside the old one
+        (`<name>.partial`) and swapped in when every rank has finished, so a kill mid-save never
+        leaves a folder that mixes two steps' shards. Needs a filesystem all ranks share (as
+        sharded checkpoints do anyway). Full checkpoints go through the checkpoint IO (atomic when
+        run through `maekit`, which installs `AtomicCheckpointIO`)."""
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         final = Path(self.broadcast(str(filepath)))
         partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
-        if self.is_global_zero and partial.exists():
-            shutil.rmtree(partial)  # left by an earlier kill
-        self.barrier("maekit_sharded_save_start")
+        self._agree(lambda: _clear_previous_save(final, partial, old), "maekit_sharded_save_start")
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier("maekit_sharded_save_written")
+        self._agree(lambda: _swap_in(final, partial, old), "maekit_sharded_save_swapped")
+
+    def _agree(self, rank_zero_step: Callable[[], None], name: str) -> None:
+        """Run a file step on rank 0 and raise its error on every rank (instead of leaving the
+        other ranks waiting at the next barrier)."""
+        problem = None
         if self.is_global_zero:
-            if final.exists():
-                final.rename(old)
-            partial.rename(final)
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
-        self.barrier("maekit_sharded_save_swapped")
+            try:
+                rank_zero_step()
+            except OSError as err:
+                problem = f"{type(err).__name__}: {err}"
+        problem = self.broadcast(problem)
+        if problem is not None:
+            raise OSError(f"saving a sharded checkpoint failed on rank 0: {problem}")
+        self.barrier(name)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         """Wrap as Lightning does; on CPU (gloo) name the device for FSDP, which Lightning leaves
@@ -100,6 +107,30 @@ def register_strategies() -> None:
     StrategyRegistry.register("fsdp_blocks_checkpointed", BlockShardedStrategy,
                               description="FSDP per transformer block, activations recomputed in backward",
                               activation_checkpointing=True)
+
+
+
+def _clear_previous_save(final: Path, partial: Path, old: Path) -> None:
+    """Before a sharded save: put back a checkpoint that a kill left renamed to `.old` (killed
+    between the two renames of a swap), and remove what a killed save left behind."""
+    if not final.exists() and (old / ".metadata").is_file():
+        old.rename(final)
+    for leftover in (partial, old):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.exists():
+            leftover.unlink()
+
+
+def _swap_in(final: Path, partial: Path, old: Path) -> None:
+    """Replace `final` with the complete `partial` folder, keeping the previous one until then."""
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
 
 
 register_strategies()

@@ -54,6 +54,9 @@ def test_subsampling_modes() -> None:
     assert not np.array_equal(draws[0], draws[1])
     random = choose_points(cloud, 256, "random")
     assert len({tuple(r) for r in random.tolist()}) == 256 and not {tuple(r) for r in random.tolist()} <= head
+    for how in ("random", "fps", "fps_random"):  # never fewer rows than asked for
+        with pytest.raises(ValueError, match="cannot choose 3001"):
+            choose_points(cloud, 3001, how)  # type: ignore[arg-type]
 
 
 def test_sample_generator_is_reproducible_and_scans_are_full_size(tmp_path: Path) -> None:

@@ -253,6 +253,12 @@ def _fsdp_resumes_and_writes_sharded_checkpoints_that_export(base: list[str], ch
     (folder,) = (tmp / "sharded").rglob("last.ckpt")
     assert folder.is_dir() and (folder / ".metadata").is_file()
     assert sorted(p.name for p in folder.parent.iterdir()) == ["last.ckpt"]  # swapped in whole, nothing left over
+    again = _maekit([*base[:steps], *base[steps + 2:], "--trainer.max_steps", "16",
+                     "-c", str(_override(tmp, "sharded_again")), "--data.batch_size", "4", "--trainer.devices", "2",
+                     "--trainer.strategy", "maekit.strategies.BlockShardedStrategy",
+                     "--trainer.strategy.state_dict_type", "sharded", "--ckpt_path", str(folder)])
+    assert "Restored all states" in _finish(again)  # resumes from the sharded folder itself
+    assert len(_train_losses(tmp / "sharded_again")) == 2  # steps 14 and 15
     assert main(["export", str(folder), str(tmp / "refused")]) == 2
     assert "consolidate_checkpoint" in capsys.readouterr().err and not (tmp / "refused").exists()
     from maekit.errors import DataError
@@ -268,3 +274,28 @@ def _fsdp_resumes_and_writes_sharded_checkpoints_that_export(base: list[str], ch
     assert torch.load(merged, map_location="cpu", weights_only=True)["global_step"] == 14
     assert main(["export", str(merged), str(tmp / "exported")]) == 0
     assert (tmp / "exported" / "model.safetensors").is_file()
+
+
+def test_sharded_checkpoint_swap_recovers_from_a_kill_at_any_point(tmp_path: Path) -> None:
+    """The file steps of `BlockShardedStrategy`'s sharded save, after kills at each point."""
+    from maekit.strategies import _clear_previous_save, _swap_in
+
+    final, partial, old = (tmp_path / name for name in ("last.ckpt", "last.ckpt.partial", "last.ckpt.old"))
+
+    def folder(path: Path, content: str) -> None:
+        path.mkdir()
+        (path / ".metadata").write_text(content)
+
+    folder(final, "step 1")
+    folder(partial, "step 2")  # killed mid-write: the half-written folder goes, step 1 stays
+    _clear_previous_save(final, partial, old)
+    assert (final / ".metadata").read_text() == "step 1" and not partial.exists()
+    folder(partial, "step 2")
+    _swap_in(final, partial, old)
+    assert (final / ".metadata").read_text() == "step 2" and sorted(tmp_path.iterdir()) == [final]
+    final.rename(old)  # killed between the two renames of a swap: the next save puts step 2 back
+    _clear_previous_save(final, partial, old)
+    assert (final / ".metadata").read_text() == "step 2" and sorted(tmp_path.iterdir()) == [final]
+    folder(old, "step 1")  # killed while removing the replaced folder: it is cleared, not renamed onto
+    _clear_previous_save(final, partial, old)
+    assert (final / ".metadata").read_text() == "step 2" and sorted(tmp_path.iterdir()) == [final]

@@ -128,7 +128,7 @@ def test_point_cloud_round_trip_and_stream_time_augmentation(tmp_path: Path) -> 
 
 
 def test_point_shards_keep_a_pool_so_each_epoch_draws_a_new_subset(tmp_path: Path) -> None:
-    from maekit.datasets.pointcloud import PointCloudDataModule
+    from maekit.datasets.pointcloud import PointCloudDataModule, choose_points
     from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
 
     root = make_pointcloud_dataset(tmp_path / "pc", "modelnet40", classes=("box", "torus"), per_class=2,
@@ -145,6 +145,14 @@ def test_point_shards_keep_a_pool_so_each_epoch_draws_a_new_subset(tmp_path: Pat
         assert draw.shape == (64, 3) and len({tuple(r) for r in draw.tolist()}) == 64
         assert {tuple(row) for row in draw.tolist()} <= everything  # points of the cloud, not made up
     assert {tuple(r) for r in draws[0].tolist()} != {tuple(r) for r in draws[1].tolist()}
+    # Point-MAE's fps_random from the pool: a subset of the source's first round(64 * 1200 / 1024) FPS picks
+    source.datasets["train"].subsample = "fps_random"
+    pooled = write_shards(source, tmp_path / "fps_random")
+    stream = StreamingShardsDataModule(str(pooled), shuffle=False)
+    stream.setup()
+    first_picks = {tuple(r) for r in choose_points(source.datasets["train"].all_points(0)[0], 75, "fps").tolist()}
+    drawn = stream.datasets["train"][0]["points"]
+    assert drawn.shape == (64, 3) and {tuple(r) for r in drawn.tolist()} <= first_picks
 
 
 def test_volume_round_trip_crops_at_stream_time_and_keeps_whole_validation_cases(tmp_path: Path) -> None:

@@ -138,38 +138,56 @@ def test_loading_warns_about_missing_weights_and_accepts_compiled_checkpoints(tm
         tiny_task(pretrained=str(tmp_path / "encoder_only.ckpt"))
 
 
-class PoisonWeightsAt(Callback):
-    """Writes NaN into the encoder's final norm when training reaches `step`: a diverging run on cue."""
+class PoisonAt(Callback):
+    """A diverging run on cue at `step`: `weights` writes NaN into the encoder's final norm (the
+    loss turns NaN), `gradient` writes NaN into one gradient (the loss is still finite; the update
+    poisons the weights)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, what: str = "weights") -> None:
+        self.step, self.what = step, what
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.what == "weights":
             with torch.no_grad():
                 pl_module.mae.encoder.norm.weight.fill_(float("nan"))  # type: ignore[union-attr]
 
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step and self.what == "gradient":
+            pl_module.mae.encoder.norm.weight.grad.fill_(float("nan"))  # type: ignore[union-attr]
 
+
+@pytest.mark.parametrize(("what", "checked", "message"), [
+    ("weights", "save", "loss became NaN or infinite at step 3"),
+    ("gradient", "save", "weights became NaN or infinite by step 4 although the loss stayed finite"),
+    ("weights", "periodic", "loss became NaN or infinite at step 3"),
+])
 def test_a_diverging_run_stops_with_a_clear_error_and_no_poisoned_checkpoint(
-        naip_chips: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        what: str, checked: str, message: str, naip_chips: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Caught before the next checkpoint (log_every_n_steps 50), or by the periodic check when no
+    checkpoint is written per step (log_every_n_steps 1)."""
+    per_step_checkpoints = ("    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                            "      init_args: {monitor: null, every_n_train_steps: 1, save_last: true, save_top_k: 0}\n")
     override = tmp_path / "poison.yaml"
     override.write_text(
         "trainer:\n"
         "  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n"
         f"    init_args: {{save_dir: {tmp_path}, name: run}}\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {monitor: null, every_n_train_steps: 1, save_last: true, save_top_k: 0}\n"
-        "    - class_path: tests.test_training.PoisonWeightsAt\n"
-        "      init_args: {step: 3}\n")
+        "  callbacks:\n" + (per_step_checkpoints if checked == "save" else "") +
+        "    - class_path: tests.test_training.PoisonAt\n"
+        f"      init_args: {{step: 3, what: {what}}}\n")
     code = main(["fit", "-c", str(REPO / "configs/naip/pretrain.yaml"), "-c", str(override),
                  "--data.root", str(naip_chips), "--data.crop_size", "32", "--data.batch_size", "4",
                  "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8",
                  "--model.figure_every_n_epochs", "0", "--trainer.max_steps", "8", *TINY_MODEL, *TINY_DECODER,
-                 *CPU_TRAINER, "--trainer.log_every_n_steps", "50"])  # caught by the check before saving
+                 *CPU_TRAINER, "--trainer.log_every_n_steps", "50" if checked == "save" else "1"])
     assert code == 2
-    assert "loss became NaN or infinite at step 3" in capsys.readouterr().err
-    (last,) = tmp_path.rglob("last.ckpt")
+    assert message in capsys.readouterr().err
+    saved_files = list(tmp_path.rglob("*.ckpt"))
+    if checked == "periodic":  # stopped at step 3, before the epoch-end checkpoint
+        assert saved_files == []
+        return
+    (last,) = saved_files
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 3  # the checkpoint after step 3 (the bad one) was refused
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())

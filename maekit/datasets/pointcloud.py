@@ -315,12 +315,14 @@ class PointCloudDataset(Dataset):
 
 
 def choose_points(points: np.ndarray, count: int, how: Subsample) -> np.ndarray:
-    """`count` of the rows of `points` (P >= count).
+    """`count` of the rows of `points` (P >= count, else a `ValueError`).
 
     `random`: a draw from torch's generator. `fps`: farthest-point sampling on xyz (deterministic,
     in pick order: FPS of all rows reorders them). `fps_random`: Point-MAE's fine-tuning draw, FPS
     to ~1.17 × `count` points, then a random `count` of those (even coverage, still varied).
     """
+    if len(points) < count:
+        raise ValueError(f"cannot choose {count} points from a cloud of {len(points)}")
     if len(points) == count and how != "fps":
         return points
     if how == "random":

@@ -20,9 +20,9 @@ source's training pipeline run at stream time, per domain:
   foreground-cropped); padding, random crops of `roi_size`, flips and dropped modalities at stream
   time by the source's own `VolumeDataset` code;
 - point clouds (`PointCloudDataset`): a pool of up to 8 × `num_points` points per cloud in
-  farthest-point order; at stream time a random `num_points` of them in training (as the source
-  draws), the first `num_points` (the source's FPS sample) otherwise, then the source's
-  `augment_points`;
+  farthest-point order; at stream time the source's training draw (`random`: from the pool, so a
+  little more even than from all points; `fps_random`: exactly the source's draw) in training,
+  the first `num_points` (the source's FPS sample) otherwise, then the source's `augment_points`;
 - NeRF grids (`NerfGridDataset`): padded (centre-cropped when `crop`) grids; horizontal flips of
   the grid (not its padding) at stream time;
 - skeleton sequences (`SkeletonDataset`): centred sequences trimmed to their valid frames; the
@@ -52,7 +52,8 @@ from torch.utils.data import Dataset
 from maekit.errors import ConfigError, DataError
 
 MANIFEST = "maekit_shards.json"
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: point clouds stored as a pool of up to POINT_POOL x num_points
+READABLE_FORMATS = (1, 2)
 #: datamodule attributes that adapters and tasks read (`connect_datamodule`, class checks, writers)
 DATAMODULE_ATTRIBUTES = ("bands", "channels", "modalities", "classes", "file_bands")
 #: point clouds keep up to this many times `num_points` points, for per-epoch random subsets
@@ -277,13 +278,19 @@ class FinishSample:
         return out
 
     def _points(self, item: dict[str, Any]) -> dict[str, Any]:
-        from maekit.datasets.pointcloud import augment_points, choose_points
+        from maekit.datasets.pointcloud import FPS_RANDOM_OVERSAMPLE, augment_points, choose_points
 
         spec, points = self.spec, item["points"]
         count = spec.get("num_points", len(points))
-        if len(points) > count:  # the source's training draw from the pool, else its FPS head
+        if len(points) > count:  # the pool is in FPS order: any prefix is that many FPS picks
             how = spec.get("subsample", "fps") if self.augment else "fps"
-            points = points[:count] if how == "fps" else torch.from_numpy(choose_points(points.numpy(), count, how))
+            if how == "fps":
+                points = points[:count]
+            elif how == "fps_random":  # a random `count` of the first ~1.17 x count FPS picks
+                first = min(len(points), round(count * FPS_RANDOM_OVERSAMPLE))
+                points = points[:first][torch.randperm(first)[:count]]
+            else:  # random: from the pool (spatially more even than the source's draw from all points)
+                points = torch.from_numpy(choose_points(points.numpy(), count, how))
         if self.augment and spec["augment"]:
             points = augment_points(points, spec["augment"], spec["up"], spec["normals"])
         return {**item, "points": points.contiguous()}
@@ -493,8 +500,10 @@ def read_manifest(root: str | Path, storage_options: dict[str, Any] | None = Non
         manifest = json.loads(text)
     except ValueError as err:
         raise DataError(where, f"is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT or "splits" not in manifest:
-        raise DataError(where, f"is not a maekit shard manifest of format {SHARD_FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS or "splits" not in manifest:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(where, f"is not a maekit shard manifest this version reads (format {found!r}; this "
+                               f"version reads formats {', '.join(map(str, READABLE_FORMATS))})")
     return manifest
 
 

@@ -433,7 +433,8 @@ def point_mae_state(width: int = 64, depth: int = 2, group_size: int = 16, finet
         sd |= {p + "norm1.weight": 1 + r(width), p + "norm1.bias": r(width), p + "attn.qkv.weight": r(3 * width, width),
                p + "attn.proj.weight": r(width, width), p + "attn.proj.bias": r(width),
                p + "norm2.weight": 1 + r(width), p + "norm2.bias": r(width), p + "mlp.fc1.weight": r(4 * width, width),
-               p + "mlp.fc1.bias": r(4 * width), p + "mlp.fc2.weight": r(width, 4 * width), p + "mlp.fc2.bias": r(width)}
+               p + "mlp.fc1.bias": r(4 * width), p + "mlp.fc2.weight": r(width, 4 * width),
+               p + "mlp.fc2.bias": r(width)}
     sd |= {f"{enc}norm.weight": 1 + r(width), f"{enc}norm.bias": r(width)}
     if finetuned:
         sd |= {"cls_token": r(1, 1, width), "cls_pos": r(1, 1, width), "cls_head_finetune.0.weight": r(256, 2 * width)}
@@ -530,11 +531,10 @@ def swap_pairs(out: dict[str, Tensor], equivalent: tuple[tuple[str, str], ...], 
              ("encoder.blocks.0.attn.proj.weight", "encoder.blocks.1.attn.proj.weight")]
     for keys in by_shape.values():
         pairs += [(keys[i], keys[(i + 1) % len(keys)]) for i in range(len(keys))] if len(keys) > 1 else []
-    seen, chosen = set(), []
+    seen, chosen = {tuple(sorted(e)) for e in equivalent}, []
     for a, b in pairs:
         pair = tuple(sorted((a, b)))
-        if a in out and b in out and a != b and pair not in seen and pair not in {tuple(sorted(e)) for e in equivalent} \
-                and not torch.equal(out[a], out[b]):
+        if a in out and b in out and a != b and pair not in seen and not torch.equal(out[a], out[b]):
             seen.add(pair)
             chosen.append((a, b))
     return chosen[:limit]
@@ -739,9 +739,9 @@ def test_facts_a_file_does_not_record_are_asked_for_by_name(tmp_path: Path) -> N
 
 
 def test_point_mae_finetuned_through_the_cli_options(tmp_path: Path) -> None:
-    """`--model.pretrained` with `--model.adapter.init_args.groups/group_size`: the task's adapter
-    says what the file does not, and its features are the published model's."""
-    from maekit.cli import main  # noqa: F401  (the CLI builds tasks exactly like this)
+    """What `--model.pretrained X --model.adapter.init_args.groups 8 --model.adapter.init_args.group_size
+    16` builds (the CLI instantiates the task with these arguments): the task's adapter says what
+    the file does not, and its features are the published model's."""
     from maekit.domains.pointcloud import PointCloudAdapter
     from maekit.finetune.pointcloud import PointCloudClassificationTask
 

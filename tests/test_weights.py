@@ -274,7 +274,8 @@ def test_loading_into_a_task_is_reported_in_one_line(pretrained_run: Path) -> No
     lines = [str(w.message) for w in caught if str(w.message).startswith("loaded ")]
     assert len(lines) == 1 and "\n" not in lines[0]
     assert re.fullmatch(rf"loaded {re.escape(str(pretrained_run))}: kept \d+ tensors, new 2 \(the file has no weights "
-                        r"for encoder.cls_pos, encoder.cls_token: fresh init\), dropped \d+ \(mask_token, decoder.*\)", lines[0])
+                        r"for encoder.cls_pos, encoder.cls_token: fresh init\), dropped \d+ \(mask_token, decoder.*\)",
+                        lines[0])
 
 
 # ------------------------------------------------------------------------------ hf:// sources

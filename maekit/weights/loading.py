@@ -168,7 +168,8 @@ def _module_names(keys: list[str]) -> list[str]:
         name = re.sub(r"\.\d+\.", ".*.", name)
         name = re.sub(r"\.(weight|bias)$", "", name)
         if not name.startswith(("blocks.*", "encoder.blocks.*")):
-            name = name.split(".")[0] if not name.startswith(("adapter.", "encoder.")) else ".".join(name.split(".")[:2])
+            parts = name.split(".")
+            name = ".".join(parts[:2]) if name.startswith(("adapter.", "encoder.")) else parts[0]
         names[name] = None
     return list(names)
 

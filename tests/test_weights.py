@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,7 +235,8 @@ def test_learned_position_table_is_interpolated_to_a_new_grid(tmp_path: Path) ->
 
 
 def test_timm_vit_converter_matches_timm_features(tmp_path: Path) -> None:
-    """timm's ViT with random weights and the converted maekit encoder give the same features."""
+    """timm's ViT with random weights everywhere (biases and norms too) and the converted maekit
+    encoder give the same features."""
     from functools import partial
 
     from safetensors.torch import save_file
@@ -244,10 +246,11 @@ def test_timm_vit_converter_matches_timm_features(tmp_path: Path) -> None:
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5,
                             qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)).eval()
     with torch.no_grad():
-        vit.pos_embed.normal_(std=0.1)
+        for p in vit.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
-    with pytest.warns(UserWarning, match=r"left out parts the encoder does not use .*\[.head.\]"):
+    with pytest.warns(UserWarning, match=r"loaded .*vit.safetensors: kept \d+ tensors, dropped 2 \(head\)"):
         encoder = from_pretrained(path)
     encoder.adapter.mean.zero_()  # compare on the same normalised input
     encoder.adapter.std.fill_(1.0)
@@ -258,6 +261,52 @@ def test_timm_vit_converter_matches_timm_features(tmp_path: Path) -> None:
         theirs = vit.forward_features(image)
     assert ours.shape == theirs.shape == (2, 17, 64)
     assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_loading_into_a_task_is_reported_in_one_line(pretrained_run: Path) -> None:
+    """kept / new / dropped counts with module names, one warning (not one per tensor)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=4, size="nano",
+                           class_token=True, pretrained=str(pretrained_run))
+    lines = [str(w.message) for w in caught if str(w.message).startswith("loaded ")]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert re.fullmatch(rf"loaded {re.escape(str(pretrained_run))}: kept \d+ tensors, new 2 \(the file has no weights "
+                        r"for encoder.cls_pos, encoder.cls_token: fresh init\), dropped \d+ \(mask_token, decoder.*\)",
+                        lines[0])
+
+
+# ------------------------------------------------------------------------------ hf:// sources
+def hf_publish(server: Server, monkeypatch: pytest.MonkeyPatch, revision: str, data: bytes) -> str:
+    """Serve `org/repo` file `w.pt` at `revision` the way the Hub resolves it; HF_ENDPOINT points at it."""
+    folder = server.root / "org" / "repo" / "resolve" / revision
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "w.pt").write_bytes(data)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_hf_sources_follow_the_pinning_rules(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf:// like every remote source: refused unpinned without trust, accepted with trust or a
+    matching sha256, refused (nothing cached) with a wrong one; a revision is the one fetched."""
+    from maekit.weights import resolve
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    sha = hf_publish(server, monkeypatch, commit, b"pinned bytes")
+    main_sha = hf_publish(server, monkeypatch, "main", b"moving bytes")
+    with pytest.raises(WeightsError, match=f"sha256 mismatch: expected {main_sha}, got {sha}"):
+        resolve(f"hf://org/repo@{commit}/w.pt#sha256={main_sha}")  # the commit's file, not main's
+    with pytest.raises(WeightsError, match=r"hf://org/repo/w.pt: no sha256 is pinned.*#sha256=<hex> and a commit"):
+        resolve("hf://org/repo/w.pt")
+    assert resolve("hf://org/repo/w.pt", trust_unverified=True).read_bytes() == b"moving bytes"
+    assert resolve(f"hf://org/repo@{commit}/w.pt#sha256={sha}").read_bytes() == b"pinned bytes"
+    assert resolve(f"hf://org/repo/w.pt#sha256={main_sha}").read_bytes() == b"moving bytes"
+    with pytest.raises(WeightsError, match="no sha256 is pinned"):
+        from_pretrained(f"hf://org/repo@{commit}/w.pt")
+    with pytest.raises(Exception, match="sha256=<64 hex digits>"):
+        resolve("hf://org/repo/w.pt#sha256=abc")
 
 
 def test_builtin_registry_entry_is_marked_unverified() -> None:

@@ -20,6 +20,7 @@ Layouts (`detect_format` tells them apart):
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -179,6 +180,37 @@ def _multispectral(bands: list[str], groups: list[list[str]], patch: int, grid: 
                           "scale": [scale] * len(bands), "position": "learned", "max_grid": grid}}
 
 
+def _global_pool(state: dict[str, Tensor], out: dict[str, Tensor]) -> tuple[str, ...]:
+    """A fine-tuned timm / MAE / SatMAE classifier trained with global average pooling
+    (facebookresearch/mae `main_finetune.py` defaults to `global_pool=True`): its file has
+    `fc_norm` (the LayerNorm after mean pooling over the patch tokens) and no final `norm`. Then
+    `fc_norm` is kept (`fc_norm.*`) and the keys are returned so the table skips them."""
+    if "fc_norm.weight" in state and "norm.weight" not in state:
+        out["fc_norm.weight"], out["fc_norm.bias"] = state["fc_norm.weight"], state["fc_norm.bias"]
+        return ("fc_norm.weight", "fc_norm.bias")
+    return ()
+
+
+def _target_grid(image_size: int | None, patch: int, side: int) -> int:
+    """The patch grid an input of `image_size` px makes (`side`, the checkpoint's, when None)."""
+    if image_size is None:
+        return side
+    if image_size % patch:
+        raise ConfigError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+    return image_size // patch
+
+
+def resize_table_bicubic(rows: Tensor, side: int, new: int, align_corners: bool = False) -> Tensor:
+    """A (side^2, D) row-major 2D position table resized to (new^2, D) by bicubic interpolation
+    on the grid, as facebookresearch/mae's `interpolate_pos_embed` does (align_corners=False;
+    terratorch's Prithvi uses True). The class slot is not part of `rows` (kept as it is)."""
+    if new == side:
+        return rows
+    grid = rows.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    out = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=align_corners)
+    return out.permute(0, 2, 3, 1).reshape(new * new, -1).to(rows.dtype)
+
+
 FULL_MAE_UNSUPPORTED = (
     "the decoder of this MAE reads the encoder's class token and a fixed sin-cos position table "
     "laid out differently from maekit's decoder positions, and maekit's MaskedAutoencoder has no "
@@ -195,18 +227,25 @@ def is_timm_vit(state: dict[str, Tensor]) -> bool:
 
 def convert_timm_vit(state: dict[str, Tensor], bands: list[str] | None = None,
                      mean: list[float] | None = None, std: list[float] | None = None,
-                     scale: float = 1 / 255, heads: int | None = None) -> Converted:
-    """A timm ViT or a facebookresearch/mae checkpoint (encoder-only `mae_pretrain_vit_*.pth` or
-    full `mae_visualize_vit_*.pth`) as a maekit encoder: one band group of the image channels,
-    a learned position table on the patch grid, a class token. Inputs are taken as uint8 RGB
-    (`scale` 1/255) with ImageNet statistics by default. An MAE decoder is reported as dropped."""
+                     scale: float = 1 / 255, heads: int | None = None, image_size: int | None = None) -> Converted:
+    """A timm ViT or a facebookresearch/mae checkpoint (encoder-only `mae_pretrain_vit_*.pth`,
+    full `mae_visualize_vit_*.pth`, or a fine-tuned classifier) as a maekit encoder: one band
+    group of the image channels, a learned position table on the patch grid, a class token.
+    Inputs are taken as uint8 RGB (`scale` 1/255) with ImageNet statistics by default. An MAE
+    decoder and a classifier head are reported as dropped; a fine-tuned file trained with
+    global pooling keeps its `fc_norm` (see `_global_pool`).
+
+    `image_size`: the input size the encoder will see; the position table is resized to its
+    grid by bicubic interpolation as facebookresearch/mae's `interpolate_pos_embed` does
+    (align_corners=False, class slot kept)."""
     state = unwrap(state)
     weight = state["patch_embed.proj.weight"]
     width, channels, patch, _ = weight.shape
     stack = _stack(width, _depth(state), state["blocks.0.mlp.fc1.weight"].shape[0], 1e-6, heads)
     pos = state["pos_embed"][0]
     has_cls = "cls_token" in state
-    grid = _square_grid(pos.shape[0] - int(has_cls), 2, "pos_embed")[0]
+    side = _square_grid(pos.shape[0] - int(has_cls), 2, "pos_embed")[0]
+    grid = _target_grid(image_size, patch, side)
     names = bands or (["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)])
     adapter = _multispectral(names, [names], patch, grid,
                              mean or (IMAGENET_MEAN if channels == 3 else [0.0] * channels),
@@ -214,16 +253,21 @@ def convert_timm_vit(state: dict[str, Tensor], bands: list[str] | None = None,
     out: dict[str, Tensor] = {
         "adapter.patch_embed.0.weight": weight.reshape(width, -1),
         "adapter.patch_embed.0.bias": state["patch_embed.proj.bias"],
-        "adapter.pos_table.table": pos[int(has_cls):],
+        "adapter.pos_table.table": resize_table_bicubic(pos[int(has_cls):], side, grid),
     }
     if has_cls:
         out["encoder.cls_pos"] = pos[:1][None]
     dropped: list[str] = []
     not_mapped: list[str] = []
-    unmatched = _timm_blocks(state, out, dropped, not_mapped, ("patch_embed.proj.bias",))
+    pooled = _global_pool(state, out)
+    unmatched = _timm_blocks(state, out, dropped, not_mapped, ("patch_embed.proj.bias", *pooled))
     has_decoder = any(MAE_DECODER.match(k) for k in state)
     config = {"adapter": adapter, **stack, "class_token": has_cls, "group_embed": "zero",
-              "source_format": "mae" if has_decoder else "timm-vit"}
+              "source_format": "mae" if has_decoder else "timm-vit", "position_grid": [grid, grid],
+              "global_pool": bool(pooled)}
+    if grid != side:
+        config["load_notes"] = [f"position table {side}x{side} -> {grid}x{grid} by bicubic interpolation "
+                                      "(align_corners=False, as facebookresearch/mae's interpolate_pos_embed)"]
     if has_decoder:
         config["full_unsupported"] = FULL_MAE_UNSUPPORTED
     return config, out, {"dropped": dropped, "not_mapped": not_mapped, "unmatched": unmatched}
@@ -344,7 +388,7 @@ def convert_monai_vit(state: dict[str, Tensor], channel_names: list[str] | None 
         raise ConfigError(f"a 3D MONAI ViT over {channels} channels mixes them in one patch projection; maekit's "
                           "VolumeAdapter embeds each modality on its own, so it cannot be converted exactly")
     config = {"adapter": adapter, **stack, "class_token": has_cls, "group_embed": "zero",
-              "source_format": "monai-mae" if is_mae else "monai-vit"}
+              "source_format": "monai-mae" if is_mae else "monai-vit", "position_grid": list(grid)}
     if is_mae:
         config["full_unsupported"] = FULL_MAE_UNSUPPORTED
     return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
@@ -399,6 +443,7 @@ def convert_bm_mae(state: dict[str, Tensor], heads: int | None = None) -> Conver
     adapter = {"class_path": "maekit.domains.VolumeAdapter",
                "init_args": {"modalities": modalities, "patch_size": patch, "position": "learned", "max_grid": grid[0]}}
     config = {"adapter": adapter, **stack, "class_token": has_cls, "group_embed": "zero", "source_format": "bm-mae",
+              "position_grid": list(grid),
               "full_unsupported": FULL_MAE_UNSUPPORTED}
     return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
 
@@ -409,18 +454,70 @@ def is_prithvi(state: dict[str, Tensor]) -> bool:
     return weight is not None and weight.dim() == 5
 
 
-def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None = None) -> Converted:
+def _sincos_1d(dim: int, positions: Tensor) -> Tensor:
+    """(M, dim) sin-cos code of positions, MAE's 1D formula (frequencies 1/10000^(2i/dim))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+def prithvi_sincos_table(dim: int, frames: Tensor | list[int], side: int) -> Tensor:
+    """Prithvi's fixed 3D sin-cos positions (no class slot) for the given frame positions on a
+    side x side grid: rows time-major, then row, then column; channels [column 6/16, row 6/16,
+    time 4/16] of `dim` (as terratorch's `get_3d_sincos_pos_embed`)."""
+    if dim % 16:
+        raise ConfigError(f"Prithvi's 3D sin-cos positions need a width divisible by 16, not {dim}")
+    frames = torch.as_tensor(frames)
+    spatial, temporal = dim // 16 * 6, dim // 16 * 4
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    w = _sincos_1d(spatial, cols.flatten()).repeat(len(frames), 1)
+    h = _sincos_1d(spatial, rows.flatten()).repeat(len(frames), 1)
+    t = _sincos_1d(temporal, frames).repeat_interleave(side * side, 0)
+    return torch.cat([w, h, t], 1).float()
+
+
+def _prithvi_frames_from_table(pos: Tensor) -> int | None:
+    """The frame count a Prithvi position table was built for, read from its structure: in the
+    3D sin-cos table the time channels (the last 4/16) are constant within each frame's block
+    of g x g rows. None when no frame count fits (a table that is not Prithvi's sin-cos)."""
+    rows, dim = pos.shape[0] - 1, pos.shape[1]
+    if dim % 16:
+        return None
+    time = pos[1:, dim // 16 * 12:].float()
+    for t in range(1, rows + 1):
+        side = round((rows / t) ** 0.5)
+        if rows % t or side * side * t != rows or side < 2:
+            continue
+        blocks = time.reshape(t, side * side, -1)
+        if (blocks - blocks[:, :1]).abs().max() <= 1e-3 * max(1.0, float(time.abs().max())):
+            return t
+    return None
+
+
+def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None = None, num_frames: int | None = None,
+                    upstream_config: dict[str, Any] | None = None, image_size: int | None = None) -> Converted:
     """Prithvi-EO 1.0 (`Prithvi_100M.pt`: ViT-B, 3 frames) or 2.0 (`Prithvi_EO_V2_300M.pt` and
-    600M, keys under `encoder.`/`decoder.`, optional `-TL` date/location scales) as a
-    single-image `MultispectralAdapter` with one group of the six HLS bands.
+    600M, keys under `encoder.`/`decoder.`, optional `-TL` date/location scales; every 2.0
+    release is trained with 4 frames) as a single-image `MultispectralAdapter` with one group of
+    the six HLS bands.
+
+    Frames: `pos_embed` holds 1 + T g^2 rows, and T is needed to find g (4 x 14^2 = 28^2 rows
+    fit T=1 too). T is, in this order: `num_frames` given; the release's `config.json`
+    (`upstream_config`, `pretrained_cfg.num_frames`); read from the table's structure (the time
+    channels are constant within a frame's block); else 4 for 2.0 files and 3 for 1.0 files.
 
     Time: Prithvi's Conv3d kernel is (1, p, p) (tubelet 1), so every frame goes through the
     same 2D projection; a single image is one frame, and its positions are frame `frame`'s rows
-    of the fixed 3D sin-cos table (for T=1 Prithvi itself builds exactly those rows). A tubelet
-    over several frames would be summed over time (the response to the image repeated in every
-    frame). Date/location encodings (`*_embed_enc.scale`) have no maekit input: not mapped,
-    reported. LayerNorm eps 1e-5 (`nn.LayerNorm`, as Prithvi builds its blocks).
-    Statistics: Prithvi's published per-band mean/std (HLS reflectance x 10000)."""
+    of the fixed 3D sin-cos table: what terratorch's `PrithviViT` computes for a one-frame input
+    (it recomputes the sin-cos table for the input's frame count; frame 0 of any T is the same).
+    `image_size`: the input size the encoder will see; as terratorch builds its model for the
+    input size (recomputing the fixed table for that grid, never reading the stored one), the
+    table is recomputed for that grid; a stored table that is not the published sin-cos table
+    is resized by bicubic interpolation (align_corners=True, terratorch's
+    `_interpolate_pos_encoding`). A tubelet over several frames would be summed over time.
+    Date/location encodings (`*_embed_enc.scale`) have no maekit input: not mapped, reported.
+    LayerNorm eps 1e-5 (`nn.LayerNorm`, as Prithvi builds its blocks). Statistics: Prithvi's
+    published per-band mean/std (HLS reflectance x 10000)."""
     state = unwrap(state)
     v2 = any(k.startswith("encoder.") for k in state)
     enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} if v2 else dict(state)
@@ -431,21 +528,38 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
         raise ConfigError(f"Prithvi patch embedding has {channels} input bands, expected {len(PRITHVI_BANDS)}")
     stack = _stack(width, _depth(enc), enc["blocks.0.mlp.fc1.weight"].shape[0], 1e-5, heads)
     pos = enc["pos_embed"][0]
-    per_frame = None
-    for t in range(1, 65):  # the table holds T frames of g x g positions plus the class slot
-        side = round(((pos.shape[0] - 1) / t) ** 0.5)
-        if side * side * t == pos.shape[0] - 1 and side >= 1:
-            per_frame = (t, side)
-            break
-    if per_frame is None:
-        raise ConfigError(f"Prithvi pos_embed has {pos.shape[0]} rows, not 1 + frames x square grid")
-    frames, side = per_frame
+    cfg = upstream_config or {}
+    recorded = (cfg.get("pretrained_cfg") or {}).get("num_frames", cfg.get("num_frames"))
+    from_table = _prithvi_frames_from_table(pos)
+    if num_frames is not None:
+        frames, how = int(num_frames), "given"
+    elif recorded is not None:
+        frames, how = int(recorded), "from the release's config.json"
+    elif from_table is not None:
+        frames, how = from_table, "read from the position table"
+    else:
+        frames, how = (4, "Prithvi-EO-2.0's published setting") if v2 else (3, "Prithvi-EO-1.0's published setting")
+    rows = pos.shape[0] - 1
+    side = round((rows / frames) ** 0.5)
+    if rows % frames or side * side * frames != rows:
+        raise ConfigError(f"Prithvi pos_embed has {pos.shape[0]} rows, not 1 + {frames} frames ({how}) x a square "
+                          "grid; pass num_frames= with the frame count the checkpoint was trained with")
     if not 0 <= frame < frames:
         raise ConfigError(f"frame {frame} is outside the {frames} frames of the position table")
+    grid = _target_grid(image_size, patch, side)
+    published = torch.allclose(pos[1:].float(), prithvi_sincos_table(width, list(range(frames)), side), atol=1e-4) \
+        if width % 16 == 0 else False
+    block = pos[1 + frame * side * side: 1 + (frame + 1) * side * side]
+    if grid == side:
+        table = block
+    elif published:
+        table = prithvi_sincos_table(width, [frame], grid).to(pos.dtype)
+    else:
+        table = resize_table_bicubic(block, side, grid, align_corners=True)
     out: dict[str, Tensor] = {
         "adapter.patch_embed.0.weight": weight.sum(2).reshape(width, -1),
         "adapter.patch_embed.0.bias": enc["patch_embed.proj.bias"],
-        "adapter.pos_table.table": pos[1 + frame * side * side: 1 + (frame + 1) * side * side],
+        "adapter.pos_table.table": table,
         "encoder.cls_pos": pos[:1][None],
     }
     not_mapped = [("encoder." if v2 else "") + k for k in enc if re.fullmatch(r"(temporal|location)_embed_enc\..*", k)]
@@ -454,10 +568,15 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
     if v2:
         unmatched += [k for k in state if not k.startswith(("encoder.", "decoder."))]
     mean, std = (PRITHVI_V2_MEAN, PRITHVI_V2_STD) if v2 else (PRITHVI_V1_MEAN, PRITHVI_V1_STD)
-    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, side, mean, std)
+    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, grid, mean, std)
     config = {"adapter": adapter, **stack, "class_token": "cls_token" in enc, "group_embed": "zero",
-              "source_format": "prithvi-eo-2" if v2 else "prithvi-eo-1", "tubelet": tubelet,
-              "full_unsupported": FULL_MAE_UNSUPPORTED}
+              "source_format": "prithvi-eo-2" if v2 else "prithvi-eo-1", "tubelet": tubelet, "num_frames": frames,
+              "position_grid": [grid, grid], "full_unsupported": FULL_MAE_UNSUPPORTED,
+              "load_notes": [f"{frames} frames ({how}) of {side}x{side} positions; frame {frame}'s rows used"]}
+    if grid != side:
+        config["load_notes"].append(f"position table {side}x{side} -> {grid}x{grid}, " + (
+            "recomputed from Prithvi's 3D sin-cos formula (as terratorch builds it for the input size)" if published
+            else "bicubic interpolation (align_corners=True, as terratorch's _interpolate_pos_encoding)"))
     return config, out, {"dropped": dropped, "not_mapped": not_mapped, "unmatched": unmatched}
 
 
@@ -468,7 +587,8 @@ def is_satmae_group(state: dict[str, Tensor]) -> bool:
 
 
 def convert_satmae_group(state: dict[str, Tensor], bands: list[str] | None = None,
-                         groups: list[list[str]] | None = None, heads: int | None = None) -> Converted:
+                         groups: list[list[str]] | None = None, heads: int | None = None,
+                         image_size: int | None = None) -> Converted:
     """SatMAE's group-channel ViT (pretraining `MaskedAutoencoderGroupChannelViT` or fine-tuning
     `GroupChannelsVisionTransformer`) as a `MultispectralAdapter` with the same groups.
 
@@ -478,7 +598,9 @@ def convert_satmae_group(state: dict[str, Tensor], bands: list[str] | None = Non
     `channel_embed` padded with zeros over the position part: the same sum. The class token
     gets `cat(pos_embed[0], channel_cls_embed or 0)`. Default bands/groups are the published
     fMoW-Sentinel ones; statistics follow SatMAE's `SentinelNormalize` ((x - (m - 2s)) / 4s,
-    without its clipping to [0, 1] and uint8 rounding)."""
+    without its clipping to [0, 1] and uint8 rounding). A fine-tuned file trained with global
+    pooling keeps its `fc_norm` (see `_global_pool`). `image_size`: as in `convert_timm_vit`
+    (SatMAE's `interpolate_pos_embed` is MAE's: bicubic, align_corners=False)."""
     state = unwrap(state)
     groups = [list(g) for g in (groups or SATMAE_GROUPS)]
     bands = list(bands or SATMAE_BANDS)
@@ -498,21 +620,27 @@ def convert_satmae_group(state: dict[str, Tensor], bands: list[str] | None = Non
         out[f"adapter.patch_embed.{g}.weight"] = w.reshape(width, -1)
         out[f"adapter.patch_embed.{g}.bias"] = state[f"patch_embed.{g}.proj.bias"]
     side = _square_grid(pos.shape[0] - 1, 2, "pos_embed")[0]
-    pad = torch.zeros(pos.shape[0], channel.shape[1], dtype=pos.dtype)
-    out["adapter.pos_table.table"] = torch.cat([pos, pad], 1)[1:]
+    grid = _target_grid(image_size, patch, side)
+    pad = torch.zeros(grid * grid, channel.shape[1], dtype=pos.dtype)
+    out["adapter.pos_table.table"] = torch.cat([resize_table_bicubic(pos[1:], side, grid), pad], 1)
     out["adapter.group_embed.weight"] = torch.cat([torch.zeros(num, pos.shape[1], dtype=pos.dtype), channel], 1)
     cls_channel = state.get("channel_cls_embed", torch.zeros(1, 1, channel.shape[1]))[0]
     out["encoder.cls_pos"] = torch.cat([pos[:1], cls_channel], 1)[None]
     dropped: list[str] = []
     extra = tuple(k for k in state if re.fullmatch(r"patch_embed\.\d+\.proj\.(weight|bias)", k)) + (
         "channel_embed", "channel_cls_embed")
+    extra += _global_pool(state, out)
     unmatched = _timm_blocks(state, out, dropped, [], extra)
     mean = [m - 2 * s for m, s in zip(SATMAE_MEAN, SATMAE_STD)] if bands == SATMAE_BANDS else [0.0] * len(bands)
     std = [4 * s for s in SATMAE_STD] if bands == SATMAE_BANDS else [1.0] * len(bands)
     stack = _stack(width, _depth(state), state["blocks.0.mlp.fc1.weight"].shape[0], 1e-6, heads)
-    adapter = _multispectral(bands, groups, patch, side, mean, std)
+    adapter = _multispectral(bands, groups, patch, grid, mean, std)
     config = {"adapter": adapter, **stack, "class_token": "cls_token" in state, "source_format": "satmae-group",
+              "position_grid": [grid, grid], "global_pool": "fc_norm.weight" in out,
               "full_unsupported": FULL_MAE_UNSUPPORTED}
+    if grid != side:
+        config["load_notes"] = [f"position table {side}x{side} -> {grid}x{grid} by bicubic interpolation "
+                                      "(align_corners=False, as SatMAE's interpolate_pos_embed)"]
     return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
 
 
@@ -537,14 +665,18 @@ def is_point_mae(state: dict[str, Tensor]) -> bool:
     return any(re.match(r"(module\.)?(MAE_encoder\.)?encoder\.first_conv\.0\.weight$", k) for k in state)
 
 
-def convert_point_mae(state: dict[str, Tensor], groups: int = 64, group_size: int | None = None,
+def convert_point_mae(state: dict[str, Tensor], groups: int | None = None, group_size: int | None = None,
                       heads: int | None = None) -> Converted:
     """Point-MAE (Pang et al. 2022) as a maekit `PointCloudAdapter` encoder: the mini-PointNet
     (`encoder.first_conv` / `second_conv`), the centre MLP (`pos_embed`, added before every
     block), the blocks (`blocks.blocks.*`: no qkv bias, filled with zeros; LayerNorm eps 1e-5)
-    and `norm`; fine-tuned checkpoints add `cls_token` / `cls_pos`. The group count is not in the
-    weights (`groups`, default 64 as published); the group size is read from a pretraining
-    checkpoint's `increase_dim` head when there (else 32)."""
+    and `norm`; fine-tuned checkpoints add `cls_token` / `cls_pos`.
+
+    The group count and size are not in the weights. A pretraining checkpoint records the group
+    size in its `increase_dim` head, and every published pretraining config uses 64 groups: these
+    are taken (and said so in the load report). A fine-tuned checkpoint records neither (the
+    published ones use 128 x 32 for ScanObjectNN, 64 x 32 for ModelNet40-1k, 512 x 32 for
+    ModelNet40-8k): `groups` and `group_size` must be given, else a ConfigError names them."""
     state = {k.removeprefix("module.").removeprefix("MAE_encoder."): v for k, v in unwrap(state).items()}
     first = _expect("encoder.first_conv.0.weight", state["encoder.first_conv.0.weight"],
                     (128, state["encoder.first_conv.0.weight"].shape[1], 1))
@@ -552,9 +684,20 @@ def convert_point_mae(state: dict[str, Tensor], groups: int = 64, group_size: in
     width = state["norm.weight"].shape[0]
     _expect("encoder.second_conv.3.weight", state["encoder.second_conv.3.weight"], (width, 512, 1))
     _expect("pos_embed.2.weight", state["pos_embed.2.weight"], (width, 128))
+    head = state.get("increase_dim.0.weight")
+    notes = []
+    if head is None and (groups is None or group_size is None):
+        missing = [name for name, v in (("groups", groups), ("group_size", group_size)) if v is None]
+        raise ConfigError(f"this fine-tuned Point-MAE checkpoint does not record {' and '.join(missing)} (published: "
+                          "ScanObjectNN 128 groups, ModelNet40 1k points 64, 8k points 512; group size 32); give "
+                          + " and ".join(f"{m}=" for m in missing) + " (CLI: --model.adapter.init_args."
+                          + " / --model.adapter.init_args.".join(missing) + ")")
     if group_size is None:
-        head = state.get("increase_dim.0.weight")
-        group_size = head.shape[0] // 3 if head is not None else 32
+        group_size = head.shape[0] // 3  # type: ignore[union-attr]
+        notes.append(f"group size {group_size} read from increase_dim")
+    if groups is None:
+        groups = 64
+        notes.append("64 groups (Point-MAE's pretraining setting; the file does not record it)")
     depth = _depth(state, r"blocks\.blocks")
     stack = _stack(width, depth, state["blocks.blocks.0.mlp.fc1.weight"].shape[0], 1e-5, heads)
     dropped: list[str] = []
@@ -574,6 +717,7 @@ def convert_point_mae(state: dict[str, Tensor], groups: int = 64, group_size: in
                              "channels": [f"c{i}" for i in range(channels - 3)], "position_every_block": True}}
     has_cls = "cls_token" in state
     config = {"adapter": adapter, **stack, "class_token": has_cls, "source_format": "point-mae",
+              "load_notes": notes,
               "full_unsupported": "Point-MAE's decoder adds its own centre MLP before every block and predicts only "
                                   "the masked groups; load the encoder (full=False) and pretrain a maekit decoder"}
     return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
@@ -599,10 +743,22 @@ def detect_format(state: dict[str, Tensor]) -> str | None:
     return next((name for name, detect, _ in FORMATS if detect(state)), None)
 
 
-def convert_public(state: dict[str, Tensor]) -> Converted | None:
-    """Convert a public checkpoint of any known layout; None when the layout is not one of them."""
+def convert_public(state: dict[str, Tensor], upstream_config: dict[str, Any] | None = None,
+                   **facts: Any) -> Converted | None:
+    """Convert a public checkpoint of any known layout; None when the layout is not one of them.
+
+    `facts` tell the converter what the file does not record (`heads`, `groups`, `group_size`,
+    `num_frames`, `image_size`...); one its converter does not take is refused by name, as is
+    a None value (pass nothing instead). `upstream_config` is a release's own config.json."""
     name = detect_format(state)
     if name is None:
         return None
     convert = next(c for n, _, c in FORMATS if n == name)
-    return convert(unwrap(state))
+    accepted = set(inspect.signature(convert).parameters) - {"state", "upstream_config"}
+    unknown = sorted(set(facts) - accepted)
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} does not apply to a {name} checkpoint; it takes "
+                          f"{', '.join(sorted(accepted))}")
+    if "upstream_config" in inspect.signature(convert).parameters:
+        facts["upstream_config"] = upstream_config
+    return convert(unwrap(state), **facts)

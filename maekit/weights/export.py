@@ -13,39 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from maekit.errors import DataError
 from maekit.files import write_text_atomic
+from maekit.weights.formats import read_checkpoint, refuse_sharded_checkpoint
+
+__all__ = ["FORMAT", "export", "model_card", "read_checkpoint", "refuse_sharded_checkpoint"]
 
 FORMAT = "maekit-weights/1"
-
-
-def refuse_sharded_checkpoint(path: Path) -> None:
-    """A `DataError` with the merge command if `path` is a sharded (FSDP) checkpoint folder."""
-    if path.is_dir() and (path / ".metadata").is_file():
-        raise DataError(path, "is a sharded checkpoint folder (FSDP with `state_dict_type: sharded`); merge it "
-                              "into one file first: `python -m lightning.pytorch.utilities.consolidate_checkpoint "
-                              f"{path}` writes {path}.consolidated, which maekit reads")
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint of the kit, loaded safely (`weights_only=True`)."""
-    path = Path(path)
-    if path.is_dir():
-        refuse_sharded_checkpoint(path)
-        raise DataError(path, "is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise DataError(path, "checkpoint does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise DataError(path, f"cannot be loaded safely (weights_only=True): {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DataError(path, "is not a Lightning checkpoint (no state_dict)")
-    if "maekit" not in ckpt:
-        raise DataError(path, "was not written by a maekit module (no model description); re-save it with this version")
-    return ckpt
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, training_data: str = "", licence: str = "unspecified",

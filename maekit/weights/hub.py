@@ -8,12 +8,14 @@ live in `$MAEKIT_HOME/registry.json` (`maekit weights add`).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from maekit.backbones import SIZES, TransformerStack
@@ -21,6 +23,8 @@ from maekit.errors import ConfigError, DataError
 from maekit.files import write_text_atomic
 from maekit.tokens import DomainAdapter, Tokens
 from maekit.weights.download import WeightsError, cache_root, download
+from maekit.weights.formats import build_adapter, read_weights
+from maekit.weights.loading import convert_public_weights, load_summary
 
 #: public checkpoints the kit can convert. Hashes are pinned only where known; the others are
 #: marked unverified and need `trust_unverified` to download.
@@ -88,21 +92,51 @@ def add_entry(entry: dict[str, Any]) -> None:
     write_text_atomic(registry_file(), json.dumps(list(own.values()), indent=2) + "\n")
 
 
+#: a commit hash: the only Hugging Face revision that cannot move
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hf_url(source: str) -> tuple[str, str | None, str | None]:
+    """(https URL, pinned sha256 or None, revision or None) of `hf://org/repo[@revision]/path[#sha256=hex]`.
+
+    The file is fetched like any URL (`download`: the same sha256 pinning and
+    `trust_unverified` rules, the same cache); `HF_ENDPOINT` changes the host as it does for
+    huggingface_hub. A revision (a commit hash pins the file's version; a branch or tag can
+    move) defaults to `main`."""
+    text, _, fragment = source.partition("#")
+    sha = _sha_fragment(source, fragment)
+    parts = text[len("hf://"):].split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ConfigError(f"{source}: expected hf://org/repo[@revision]/path/to/file")
+    repo, _, revision = parts[1].partition("@")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/{parts[0]}/{repo}/resolve/{revision or 'main'}/{'/'.join(parts[2:])}"
+    return url, sha, revision or None
+
+
+def _sha_fragment(source: str, fragment: str) -> str | None:
+    if not fragment:
+        return None
+    if not fragment.startswith("sha256=") or not re.fullmatch(r"[0-9a-fA-F]{64}", fragment[len("sha256="):]):
+        raise ConfigError(f"{source}: the part after '#' must be sha256=<64 hex digits>")
+    return fragment[len("sha256="):].lower()
+
+
 def resolve(source: str | os.PathLike[str], trust_unverified: bool = False) -> Path:
-    """A local file or folder for `source` (downloading into the cache when needed)."""
+    """A local file or folder for `source` (downloading into the cache when needed). Every
+    remote source (http(s), `hf://`, registry name) needs a pinned sha256 or `trust_unverified`."""
     text = str(source)
     if text.startswith("hf://"):
-        parts = text[len("hf://"):].split("/")
-        if len(parts) < 3:
-            raise ConfigError(f"{text}: expected hf://org/repo/file")
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]),
-                                    local_files_only=os.environ.get("MAEKIT_OFFLINE") == "1"))
+        url, sha, revision = hf_url(text)
+        filename = text.partition("#")[0].rsplit("/", 1)[-1]
+        if sha is None and not trust_unverified:
+            pin = "" if revision and _COMMIT.fullmatch(revision) else " and a commit as @revision"
+            raise WeightsError(f"{text}: no sha256 is pinned for it; add #sha256=<hex>{pin}, or pass "
+                               "trust_unverified (--trust-unverified) to download it anyway")
+        return download(url, sha, filename, trust_unverified=trust_unverified)
     if text.startswith(("http://", "https://")):
         url, _, fragment = text.partition("#")
-        sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-        return download(url, sha, trust_unverified=trust_unverified)
+        return download(url, _sha_fragment(text, fragment), trust_unverified=trust_unverified)
     path = Path(text).expanduser()
     if path.exists():
         return path
@@ -114,32 +148,50 @@ def resolve(source: str | os.PathLike[str], trust_unverified: bool = False) -> P
 
 
 class PretrainedEncoder(nn.Module):
-    """Adapter + encoder, ready to embed batches; `config` carries bands/modalities and statistics."""
+    """Adapter + encoder, ready to embed batches; `config` carries bands/modalities and statistics.
 
-    def __init__(self, adapter: DomainAdapter, encoder: TransformerStack, config: dict[str, Any]) -> None:
+    A classifier fine-tuned with global pooling (MAE / SatMAE `main_finetune.py`'s default) has
+    no final norm over the tokens and a `fc_norm` after mean pooling: `fc_norm` is set, the
+    encoder's final norm is the identity, and `pooled` gives `fc_norm(mean of patch tokens)` as
+    the checkpoint was trained."""
+
+    def __init__(self, adapter: DomainAdapter, encoder: TransformerStack, config: dict[str, Any],
+                 fc_norm: nn.Module | None = None) -> None:
         super().__init__()
         self.adapter, self.encoder, self.config = adapter, encoder, config
+        self.fc_norm = fc_norm
 
     def forward(self, batch: dict[str, Any], return_prefix: bool = False) -> tuple[Tensor, Tokens]:
         """(B, N, D) features of every token (with the class token first when `return_prefix`),
         and the tokens (absent ones are not attended to)."""
-        tokens = self.adapter.tokenize(batch)
+        grid = self.config.get("position_grid")
+        laid_out = (f"these {self.config.get('source_format')} weights' positions are laid out for a "
+                    f"{'x'.join(map(str, grid or []))} patch grid")
+        fix = "load them for this input size: from_pretrained(..., image_size=N) resizes the table as upstream does"
+        try:
+            tokens = self.adapter.tokenize(batch)
+        except ConfigError as err:
+            if grid is None or "position table" not in str(err):
+                raise
+            raise ConfigError(f"{err}: {laid_out}; {fix}") from err
+        if grid is not None and getattr(tokens, "grid", None) is not None and list(tokens.grid) != list(grid):
+            raise ConfigError(f"{laid_out}, this input makes {'x'.join(map(str, tokens.grid))}; {fix}")
         x, pos = self.adapter.embed_parts(tokens)
         x = self.encoder(x, tokens.present if tokens.may_be_absent else None, return_prefix=return_prefix, pos=pos)
         return x, tokens
 
-
-def _convert_public(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
-    """A public checkpoint layout (no maekit config) converted to the kit's, or None."""
-    from maekit.weights.loading import convert_public_weights, read_weights
-
-    has_config = (path / "config.json").is_file() if path.is_dir() else path.with_name("config.json").is_file()
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin") or has_config:
-        return None
-    state, config = read_weights(path)
-    if config is not None:
-        return None
-    return convert_public_weights(state, path)
+    def pooled(self, batch: dict[str, Any]) -> Tensor:
+        """(B, D) one feature per sample as the checkpoint was trained to give it: `fc_norm` of
+        the mean over patch tokens (global-pool classifiers), else the class token's feature
+        when there is one, else the mean over present tokens."""
+        x, tokens = self(batch, return_prefix=True)
+        prefix = self.encoder.num_prefix
+        if self.fc_norm is None and prefix:
+            return x[:, 0]
+        x = x[:, prefix:]
+        w = tokens.present.unsqueeze(-1).to(x.dtype) if tokens.may_be_absent else torch.ones_like(x[..., :1])
+        mean = (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return self.fc_norm(mean) if self.fc_norm is not None else mean
 
 
 def stack_from_config(config: dict[str, Any], class_token: bool | None = None, drop_path: float = 0.0) -> TransformerStack:
@@ -148,53 +200,50 @@ def stack_from_config(config: dict[str, Any], class_token: bool | None = None, d
     spec = SIZES[config["size"]] if config.get("size") else None
     width = config.get("width") or spec.width  # type: ignore[union-attr]
     depth = config.get("depth") or spec.depth  # type: ignore[union-attr]
-    heads = config.get("heads") or (spec.heads if spec else width // 64)
+    heads = config.get("heads") or (spec.heads if spec else None)
+    if heads is None:
+        raise ConfigError(f"the weights do not record the number of attention heads, and width {width} / depth "
+                          f"{depth} is no named size; pass heads=")
     return TransformerStack(width, depth, heads, mlp_ratio=float(config.get("mlp_ratio", 4.0)), drop_path=drop_path,
                             class_token=bool(config.get("class_token")) if class_token is None else class_token,
                             norm_eps=float(config.get("norm_eps", 1e-6)))
 
 
-def _build_adapter(spec: dict[str, Any]) -> DomainAdapter:
-    module, _, name = spec["class_path"].rpartition(".")
-    if not module.startswith("maekit."):
-        raise ConfigError(f"refusing to build adapter {spec['class_path']!r}: only maekit adapters are loaded")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**spec.get("init_args", {}))  # bands/modalities beside init_args are descriptive only
+#: `_build_adapter` was this module's name for it
+_build_adapter = build_adapter
 
 
-def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_unverified: bool = False) -> nn.Module:
+def from_pretrained(source: str | os.PathLike[str], full: bool = False, trust_unverified: bool = False,
+                    **facts: Any) -> nn.Module:
     """A pretrained encoder (`PretrainedEncoder`) or, with `full=True`, the whole `MaskedAutoencoder`.
 
     `source`: a registry name, an exported folder (model.safetensors + config.json), a Lightning
-    checkpoint written by the kit, an http(s) URL (pin the hash with `#sha256=<hex>`), or
-    `hf://org/repo/file`.
+    checkpoint written by the kit, a public checkpoint (timm / MAE, MONAI, Prithvi, SatMAE,
+    BM-MAE, Point-MAE), an http(s) URL or `hf://org/repo[@commit]/file`; remote files need
+    `#sha256=<hex>` or `trust_unverified`.
+
+    `facts`: what a public file does not record, e.g. `heads=6` (a width/depth that is no named
+    size), `groups=128, group_size=32` (fine-tuned Point-MAE), `num_frames=4` (Prithvi),
+    `image_size=96` (the input size: the position table is resized as upstream does). A fact
+    the file's converter does not take is refused by name; kit files record everything.
     """
-    from safetensors.torch import load_file
-
-    from maekit.weights.export import read_checkpoint, refuse_sharded_checkpoint
-
     path = resolve(source, trust_unverified)
-    converted = _convert_public(path)
-    if converted is not None:
-        config, state = converted
-    elif path.is_dir():
-        refuse_sharded_checkpoint(path)
-        config_path, weights_path = path / "config.json", path / "model.safetensors"
-        if not (config_path.is_file() and weights_path.is_file()):
-            raise DataError(path, "is not an exported model folder (needs config.json and model.safetensors)")
-        config = json.loads(config_path.read_text())
-        state = load_file(str(weights_path))
-    elif path.suffix == ".safetensors":
-        config_path = path.with_name("config.json")
-        if not config_path.is_file():
-            raise DataError(path, "has no config.json beside it to say how to rebuild the model")
-        config, state = json.loads(config_path.read_text()), load_file(str(path))
+    wf = read_weights(path)
+    if wf.config is None:
+        converted = convert_public_weights(wf, facts)
+        if converted is None:
+            if wf.kind == "plain" and path.suffix == ".safetensors":
+                raise DataError(path, "has no config.json beside it to say how to rebuild the model")
+            raise DataError(path, "has no maekit model description and is not a public layout the kit converts "
+                                  "(timm/MAE ViT, MONAI ViT/MAE, Prithvi, SatMAE, BM-MAE, Point-MAE)")
+        config, state, report = converted
+        warnings.warn(load_summary(path, len(state), [], report["dropped"] + report["not_mapped"], report["notes"]),
+                      stacklevel=2)
     else:
-        ckpt = read_checkpoint(path)
-        config = dict(ckpt["maekit"])
-        prefix = config.get("prefix", "")
-        state = {k[len(prefix):].replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()
-                 if k.startswith(prefix)}
+        if facts:
+            raise ConfigError(f"{path}: a maekit file records its model; {', '.join(sorted(facts))} apply only to "
+                              "public checkpoints")
+        config, state = dict(wf.config), wf.state
     return build_pretrained(config, state, full, path)
 
 
@@ -205,7 +254,7 @@ def build_pretrained(config: dict[str, Any], state: dict[str, Tensor], full: boo
     path = Path(path)
     if "adapter" not in config:
         raise DataError(path, "has no maekit model description")
-    adapter = _build_adapter(config["adapter"])
+    adapter = build_adapter(config["adapter"])
     if full:
         from maekit.pretrain import MaskedAutoencoder
 
@@ -218,11 +267,18 @@ def build_pretrained(config: dict[str, Any], state: dict[str, Tensor], full: boo
                                              config["decoder_heads"], decoder_reads=config.get("decoder_reads") or None)
         wanted = model.state_dict()
     else:
-        encoder = stack_from_config(config)
+        try:
+            encoder = stack_from_config(config)
+        except ConfigError as err:
+            raise DataError(path, str(err)) from err
         adapter.build(encoder.width)
-        model = PretrainedEncoder(adapter, encoder, config)
+        fc_norm = None
+        if config.get("global_pool"):  # trained without a final token norm, with a norm after pooling
+            encoder.norm = nn.Identity()
+            fc_norm = nn.LayerNorm(encoder.width, eps=float(config.get("norm_eps", 1e-6)))
+        model = PretrainedEncoder(adapter, encoder, config, fc_norm)
         wanted = model.state_dict()
-        state = {k: v for k, v in state.items() if k.startswith(("adapter.", "encoder."))}
+        state = {k: v for k, v in state.items() if k.startswith(("adapter.", "encoder.", "fc_norm."))}
         if config.get("group_embed") == "zero" and "adapter.group_embed.weight" not in state:  # layouts without one
             state["adapter.group_embed.weight"] = wanted["adapter.group_embed.weight"].zero_()
         if config.get("source_format"):  # converted: statistics come from the converter's adapter arguments

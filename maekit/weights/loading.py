@@ -1,11 +1,12 @@
-"""Loading encoder weights from training checkpoints and exported files.
+"""Loading encoder weights into tasks: kit checkpoints, exported files and public layouts.
 
-Only safe formats: safetensors, or `torch.load(weights_only=True)`.
+Files are read by `maekit.weights.formats` (the one reader of on-disk formats), public layouts
+converted by `maekit.weights.converters`. Each load is reported in one line:
+`loaded WEIGHTS: kept N tensors, new M (...), dropped K (...)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import warnings
 from pathlib import Path
@@ -14,94 +15,77 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maekit.errors import DataError
+from maekit.errors import ConfigError, DataError
+from maekit.weights.converters import convert_public
+from maekit.weights.formats import (_PARTS, _PREFIXES, WeightsFile, build_adapter, encoder_state, read_state_dict,
+                                    read_weights)
 
-#: prefixes under which the encoder's parts sit in the kit's checkpoints
-_PREFIXES = ("mae.", "model.", "")
-_PARTS = ("adapter.", "encoder.")
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a `.safetensors`, `.ckpt`, `.pt` or `.pth` file (a Lightning checkpoint's
-    `state_dict` is unwrapped)."""
-    return read_weights(path)[0]
+__all__ = ["convert_public_weights", "encoder_state", "load_encoder", "load_summary", "read_state_dict",
+           "read_weights"]
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
-    """The tensors of a weights file and, when known, the model description it was saved with
-    (a kit checkpoint's `maekit` entry, or the `config.json` of an exported folder)."""
-    path = Path(path)
-    config = None
-    sidecar = path / "config.json" if path.is_dir() else path.with_name("config.json")
-    if (path.is_dir() or path.suffix == ".safetensors") and sidecar.is_file():
-        import json
-
-        config = json.loads(sidecar.read_text())
-    if path.is_dir():  # an exported model folder
-        from maekit.weights.export import refuse_sharded_checkpoint
-
-        refuse_sharded_checkpoint(path)
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise DataError(path, "weights file does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path)), config
-        except Exception as err:  # safetensors raises its own error types
-            raise DataError(path, f"is not a valid safetensors file: {err}") from err
-    try:  # training scripts of public MAEs save their argparse arguments beside the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise DataError(path, f"cannot be loaded safely (weights_only=True): {err}") from err
-    if isinstance(obj, dict) and "state_dict" in obj:
-        config = obj.get("maekit")
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # facebookresearch/mae, SatMAE
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("base_model"), dict):  # Point-MAE
-        obj = obj["base_model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise DataError(path, "does not hold a state dict of tensors")
-    return obj, config
+def load_summary(path: str | Path, kept: int, new: list[str], dropped: list[str], notes: list[str]) -> str:
+    """The one line a load is reported in: counts, with names summarised by module."""
+    line = f"loaded {path}: kept {kept} tensors"
+    if new:
+        line += f", new {len(new)} (the file has no weights for {', '.join(_module_names(new)[:8])}: fresh init)"
+    if dropped:
+        line += f", dropped {len(dropped)} ({', '.join(_module_names(dropped)[:8])})"
+    return line + "".join(f"; {note}" for note in notes)
 
 
-def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The `adapter.*` and `encoder.*` entries of a pretraining or fine-tuning state dict."""
-    state = {k.replace("._orig_mod.", "."): v for k, v in state.items()}  # torch.compile'd stacks
+def _pick_encoder(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """The adapter + encoder entries of a kit state dict and the names of the rest."""
+    plain = {k.replace("._orig_mod.", "."): k for k in state}  # torch.compile'd stacks
     for prefix in _PREFIXES:
-        picked = {k[len(prefix):]: v for k, v in state.items()
-                  if k.startswith(prefix) and k[len(prefix):].startswith(_PARTS)}
-        if any(k.startswith("encoder.") for k in picked):
-            return picked
-    return {}
+        names = [k for k in plain if k.startswith(prefix) and k[len(prefix):].startswith(_PARTS)]
+        if any(k[len(prefix):].startswith("encoder.") for k in names):
+            picked = {k[len(prefix):]: state[plain[k]] for k in names}
+            return picked, [plain[k] for k in plain if k not in set(names)]
+    return {}, list(state)
 
 
-def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
+def load_encoder(module: nn.Module, path: str | Path, **facts: Any) -> list[str]:
     """Load adapter + encoder weights from `path` into `module` (which has `.adapter` and
-    `.encoder`). Shapes must match. Weights the file lacks keep their fresh initialisation and
-    are named in a warning; statistics buffers (band mean/std...) that differ from the
-    configured ones are taken from the file, with a warning. Returns the missing names.
+    `.encoder`). Shapes must match. Weights the file lacks keep their fresh initialisation;
+    statistics buffers (band mean/std...) that differ from the configured ones are taken from
+    the file. Everything is reported in one line (`load_summary`). Returns the missing names.
+
+    A public checkpoint is converted with what the model says about itself (heads, point
+    groups and group size, the learned table's grid) unless `facts` say otherwise.
     """
-    raw, config = read_weights(path)
-    converted = convert_public_weights(raw, path) if config is None else None
-    if converted is not None:
-        config, state = converted
+    wf = read_weights(path)
+    path = wf.path
+    notes: list[str] = []
+    dropped: list[str] = []
+    if wf.config is None:
+        converted = convert_public_weights(wf, {**_module_facts(module), **facts}, strict=bool(facts))
     else:
-        state = encoder_state(raw)
+        converted = None
+    if converted is not None:
+        config, state, report = converted
+        dropped += report["dropped"] + report["not_mapped"]
+        notes += report["notes"]
+    else:
+        config = wf.config
+        state, rest = _pick_encoder(wf.state)
+        dropped += rest
     if not state:
         raise DataError(path, "holds no encoder weights (no 'encoder.*' keys) and is not a public layout the kit "
-                              "converts (timm/MAE ViT, MONAI ViT/MAE, Prithvi, SatMAE, BM-MAE)")
+                              "converts (timm/MAE ViT, MONAI ViT/MAE, Prithvi, SatMAE, BM-MAE, Point-MAE)")
+    if "fc_norm.weight" in state:  # a classifier fine-tuned with global pooling (see converters._global_pool)
+        state = {k: v for k, v in state.items() if not k.startswith("fc_norm.")}
+        dropped += ["fc_norm.weight", "fc_norm.bias"]
+        notes.append("fc_norm (the norm after mean pooling it was fine-tuned with) has no place in this task: "
+                     "encoder.norm starts fresh; from_pretrained() gives the encoder as trained")
     _check_class_token(state, module, path)
-    _match_stack(module, config, path)
+    notes += _match_stack(module, config, path)
     own = {k: v for k, v in module.state_dict().items() if k.startswith(_PARTS)}
     if "adapter.pos_table.table" in state and "adapter.pos_table.table" not in own:
         grid = (config or {}).get("adapter", {}).get("init_args", {}).get("max_grid")
         raise DataError(path, "these weights use a learned position table; set the adapter's `position: learned`"
                               + (f" (and `max_grid: {grid}` or more)" if grid else ""))
-    state = _adapt(state, own, module, config, path)
+    state = _adapt(state, own, module, config, notes)
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     unexpected = sorted(set(state) - set(own))
@@ -110,51 +94,70 @@ def load_encoder(module: nn.Module, path: str | Path) -> list[str]:
         raise DataError(path, f"does not fit this model (is the encoder size / adapter the same as in "
                               f"pretraining?): {detail}")
     missing = sorted(set(own) - set(state))
-    if missing:
-        warnings.warn(f"{path}: has no weights for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; "
-                      "they keep their fresh initialisation", stacklevel=2)
     buffers = {name for name, _ in module.named_buffers()}
     replaced = [k for k, v in state.items() if k in buffers and not torch.equal(v.to(own[k].dtype), own[k])]
     if replaced:
-        warnings.warn(f"{path}: uses its own {', '.join(replaced)} (the values it was trained with) instead of "
-                      "the configured ones", stacklevel=2)
+        notes.append(f"uses its own {', '.join(replaced)} (the values it was trained with) instead of the "
+                     "configured ones")
     module.load_state_dict(state, strict=False)
+    warnings.warn(load_summary(path, len(state), missing, dropped, notes), stacklevel=2)
     return missing
 
 
-def convert_public_weights(raw: dict[str, Tensor], path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
-    """A public checkpoint's tensors converted to the kit's names with the model description,
-    or None when the layout is not a known one. Tensors no converter table knows make a
-    DataError; dropped parts (classifier heads, decoders) and encoder parts without a maekit
-    counterpart are named in a warning. The source's published statistics come along."""
-    from maekit.weights.converters import convert_public
-    from maekit.weights.hub import _build_adapter
+def _module_facts(module: nn.Module) -> dict[str, Any]:
+    """What a task's model says about the weights it wants: heads, point groups and group size,
+    and the input size a learned 2D position table is laid out for."""
+    facts: dict[str, Any] = {}
+    encoder, adapter = getattr(module, "encoder", None), getattr(module, "adapter", None)
+    if getattr(encoder, "heads", None):
+        facts["heads"] = encoder.heads  # type: ignore[union-attr]
+    if isinstance(getattr(adapter, "group_size", None), int) and isinstance(getattr(adapter, "groups", None), int):
+        facts["groups"], facts["group_size"] = adapter.groups, adapter.group_size  # type: ignore[union-attr]
+    if getattr(adapter, "position", None) == "learned" and getattr(adapter, "spatial_dims", None) == 2:
+        facts["image_size"] = adapter.max_grid * adapter.patch_size  # type: ignore[union-attr]
+    return facts
 
-    try:
-        converted = convert_public(raw)
-    except (KeyError, ValueError, RuntimeError) as err:  # ConfigError is a ValueError
-        raise DataError(path, f"looks like a public checkpoint but cannot be converted: {err}") from err
-    if converted is None:
+
+def convert_public_weights(wf: WeightsFile, facts: dict[str, Any] | None = None, strict: bool = True
+                           ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, list[str]]] | None:
+    """A public checkpoint's tensors converted to the kit's names, with the model description
+    and a report (`dropped`, `not_mapped`, `notes`), or None when the layout is not a known one.
+    `facts`: what the file does not record (see `converters.convert_public`); with
+    `strict=False` those the converter does not take are left out instead of refused. Tensors
+    no converter table knows make a DataError. The source's published statistics come along."""
+    from maekit.weights.converters import FORMATS, detect_format
+
+    facts = dict(facts or {})
+    name = detect_format(wf.state)
+    if name is None:
         return None
+    if not strict:
+        import inspect
+
+        convert = next(c for n, _, c in FORMATS if n == name)
+        facts = {k: v for k, v in facts.items() if k in inspect.signature(convert).parameters}
+    try:
+        converted = convert_public(wf.state, wf.upstream_config, **facts)
+    except ConfigError as err:
+        raise DataError(wf.path, f"{name} checkpoint: {err}") from err
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise DataError(wf.path, f"looks like a public checkpoint but cannot be converted: {err}") from err
+    assert converted is not None
     config, state, report = converted
     if report["unmatched"]:
-        raise DataError(path, f"has tensors the {config['source_format']} converter cannot place: "
-                              f"{report['unmatched'][:8]}")
-    notes = []
-    if report["dropped"]:
-        notes.append(f"left out parts the encoder does not use ({len(report['dropped'])} tensors: "
-                     f"{_module_names(report['dropped'])})")
+        raise DataError(wf.path, f"has tensors the {config['source_format']} converter cannot place: "
+                                 f"{report['unmatched'][:8]}")
+    notes = [f"{config['source_format']} checkpoint converted"] + list(config.get("load_notes", []))
     if report["not_mapped"]:
-        notes.append(f"has no maekit counterpart for {report['not_mapped']} (not loaded)")
-    if notes:
-        warnings.warn(f"{path}: {config['source_format']} checkpoint: " + "; ".join(notes), stacklevel=3)
-    source = _build_adapter(config["adapter"])
-    for name, value in source.state_dict().items():  # statistics buffers (mean, std, scale, offset)
-        state.setdefault(f"adapter.{name}", value)
+        notes.append(f"no maekit counterpart for {report['not_mapped']} (not loaded)")
+    source = build_adapter(config["adapter"])
+    for key, value in source.state_dict().items():  # statistics buffers (mean, std, scale, offset)
+        state.setdefault(f"adapter.{key}", value)
     if config.get("group_embed") == "zero" and "adapter.group_embed.weight" not in state:
         width = state["adapter.patch_embed.0.weight"].shape[0]
         state["adapter.group_embed.weight"] = torch.zeros(source.num_groups, width)
-    return config, state
+    return config, state, {"dropped": list(report["dropped"]), "not_mapped": list(report["not_mapped"]),
+                           "notes": notes}
 
 
 def _module_names(keys: list[str]) -> list[str]:
@@ -162,9 +165,11 @@ def _module_names(keys: list[str]) -> list[str]:
     names: dict[str, None] = {}
     for key in keys:
         name = re.sub(r"\.\d+\.", ".*.", key)
+        name = re.sub(r"\.\d+\.", ".*.", name)
         name = re.sub(r"\.(weight|bias)$", "", name)
         if not name.startswith(("blocks.*", "encoder.blocks.*")):
-            name = name.split(".")[0]
+            parts = name.split(".")
+            name = ".".join(parts[:2]) if name.startswith(("adapter.", "encoder.")) else parts[0]
         names[name] = None
     return list(names)
 
@@ -179,7 +184,7 @@ def _check_class_token(state: dict[str, Tensor], module: nn.Module, path: str | 
     # pretraining weights) starts its class token fresh: reported with the other missing weights
 
 
-def _match_stack(module: nn.Module, config: dict[str, Any] | None, path: str | Path) -> None:
+def _match_stack(module: nn.Module, config: dict[str, Any] | None, path: str | Path) -> list[str]:
     """Rebuild `module.encoder` when the weights were trained with other heads, MLP ratio or
     LayerNorm eps than the size's defaults (converted MONAI, Prithvi, BM-MAE checkpoints):
     shapes alone would not catch different heads or eps, and outputs would silently differ."""
@@ -187,12 +192,12 @@ def _match_stack(module: nn.Module, config: dict[str, Any] | None, path: str | P
 
     encoder = getattr(module, "encoder", None)
     if config is None or not isinstance(encoder, TransformerStack):
-        return
+        return []
     wanted = {"heads": config.get("heads", encoder.heads), "mlp_ratio": float(config.get("mlp_ratio", encoder.mlp_ratio)),
               "norm_eps": float(config.get("norm_eps", encoder.norm_eps))}
     have = {"heads": encoder.heads, "mlp_ratio": encoder.mlp_ratio, "norm_eps": encoder.norm_eps}
     if wanted == have:
-        return
+        return []
     if (config.get("width"), config.get("depth")) not in ((None, None), (encoder.width, encoder.depth)):
         raise DataError(path, f"was trained with width {config.get('width')} and depth {config.get('depth')}, the "
                               f"model has {encoder.width} and {encoder.depth}; choose the matching `model.size`")
@@ -200,16 +205,15 @@ def _match_stack(module: nn.Module, config: dict[str, Any] | None, path: str | P
                                       drop_path=encoder.drop_path, qkv_bias=encoder.qkv_bias,
                                       class_token=encoder.num_prefix > 0, norm_eps=wanted["norm_eps"])
     changed = {k: f"{have[k]} -> {v}" for k, v in wanted.items() if have[k] != v}
-    warnings.warn(f"{path}: encoder rebuilt to match the weights: {changed}", stacklevel=3)
+    return [f"encoder rebuilt to match the weights: {changed}"]
 
 
 def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, config: dict | None,
-           path: str | Path) -> dict[str, Tensor]:
+           notes: list[str]) -> dict[str, Tensor]:
     """Fit weights saved for another input onto `module`: a learned position table of another
     grid size is interpolated; band/modality groups are matched by name (kept where the same
     channels form a group in both, newly initialised where not), per-channel statistics by
-    channel name. Every change is reported in one warning."""
-    notes: list[str] = []
+    channel name. Every change is added to `notes`."""
     key = "adapter.pos_table.table"
     if key in state and key in own and state[key].shape != own[key].shape:
         state = dict(state, **{key: _interpolate_table(state[key], own[key], module)})
@@ -217,13 +221,9 @@ def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, 
     target = getattr(module, "adapter", None)
     source_spec = (config or {}).get("adapter")
     if source_spec and isinstance(getattr(target, "groups", None), list) and hasattr(target, "channels"):  # grouped channels
-        from maekit.weights.hub import _build_adapter
-
-        source = _build_adapter(source_spec)
+        source = build_adapter(source_spec)
         if source.groups != target.groups or source.channels != target.channels:  # type: ignore[attr-defined]
             state = _remap_groups(state, own, source, target, notes)
-    if notes:
-        warnings.warn(f"{path}: " + "; ".join(notes), stacklevel=3)
     return state
 
 

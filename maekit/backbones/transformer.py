@@ -73,6 +73,11 @@ class TransformerStack(nn.Module):
         self.norm = norm(width)
         self.apply(_init_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the stack's parameters that take no weight decay: the class token and its
+        position (besides biases and norms, which every optimiser group leaves undecayed)."""
+        return {"cls_token", "cls_pos"} if self.num_prefix else set()
+
     @classmethod
     def from_size(cls, size: SizeName, **kwargs: float) -> TransformerStack:
         s = SIZES[size]

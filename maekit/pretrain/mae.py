@@ -79,6 +79,7 @@ class MaskedAutoencoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay (besides biases and norms)."""
         names = {"mask_token", "decoder_group.weight"}
+        names |= {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
         return names | {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
 
     def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:

@@ -30,9 +30,17 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 class MaekitCLI(LightningCLI):
     """LightningCLI with the kit's defaults: any LightningModule/DataModule by `class_path`,
-    seeded runs, and bf16 mixed precision by default where the GPU supports it."""
+    seeded runs, and bf16 mixed precision by default where the GPU supports it.
+
+    Where a run's outputs go: `--trainer.default_root_dir DIR` moves all of them. Relative
+    output paths of the configuration (the logger's `save_dir`, a callback's `dirpath` or
+    `output_dir`) are taken from DIR instead of the working directory, so the run's log folder
+    (`DIR/runs/<name>/version_N/`), its checkpoints, reconstruction figures and prediction
+    writers' outputs all land under DIR. The end of every `fit` prints the checkpoint it wrote.
+    """
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         super().__init__(
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -54,9 +62,66 @@ class MaekitCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def before_instantiate_classes(self) -> None:
+        """Relative output paths of the config resolve against `trainer.default_root_dir`."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self._decoder_follows_size(config)
+        root = config.get("trainer.default_root_dir")
+        if root is None:
+            return
+        for item in _class_items(config.get("trainer.logger")) + _class_items(config.get("trainer.callbacks")):
+            args = item.get("init_args")
+            for key in ("save_dir", "dirpath", "output_dir"):
+                value = args.get(key) if args is not None else None
+                if isinstance(value, (str, Path)) and "://" not in str(value) and not Path(value).is_absolute():
+                    args[key] = str(Path(root) / value)
+
+    def _decoder_follows_size(self, config: Any) -> None:
+        """`--model.size` given on the command line without a `--model.decoder_*`: the config's
+        decoder is dropped for the size's own (`maekit.backbones.DECODER_SIZES`), so a nano
+        encoder does not keep a base-sized decoder."""
+        args = config.get("model.init_args")
+        if args is None or "decoder_width" not in args:
+            return
+
+        def given(name: str) -> bool:
+            return any(a.split("=")[0] in (f"--model.{name}", f"--model.init_args.{name}") for a in self._argv)
+
+        if not given("size") or any(given(f"decoder_{k}") for k in ("width", "depth", "heads")):
+            return
+        from maekit.backbones import DECODER_SIZES
+
+        old = tuple(args.get(f"decoder_{k}") for k in ("width", "depth", "heads"))
+        new = DECODER_SIZES[args.get("size")]
+        for k in ("width", "depth", "heads"):
+            args[f"decoder_{k}"] = None
+        if old != (new.width, new.depth, new.heads) and any(v is not None for v in old):
+            print(f"maekit: --model.size {args.get('size')}: decoder {new.width} wide, {new.depth} deep, {new.heads} "
+                  f"heads (the config's {old[0]}/{old[1]}/{old[2]} is for another size; give --model.decoder_width, "
+                  "_depth and _heads to choose one)")
+
+    def after_fit(self) -> None:
+        """Print the checkpoint this run wrote (its `last.ckpt` when it keeps one)."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        callbacks = trainer.checkpoint_callbacks
+        paths = [cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")]
+        paths += [cb.best_model_path for cb in callbacks if getattr(cb, "best_model_path", "")]
+        if paths:
+            print(f"maekit: checkpoint written: {Path(paths[0]).resolve()}")
+        else:
+            print("maekit: no checkpoint written (checkpointing is off in this configuration)")
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         parser.set_defaults({"trainer.precision": "bf16-mixed" if bf16 else "32-true"})
+
+
+def _class_items(value: Any) -> list[Any]:
+    """The `class_path`/`init_args` entries of a config value (one, a list of them, or none)."""
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if hasattr(item, "get") and item.get("class_path")]
 
 
 def _overview() -> str:

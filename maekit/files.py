@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -33,3 +34,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through `atomic_output`."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def run_output_dir(trainer: Any, given: str | Path | None, name: str) -> Path:
+    """Where a callback writes: `given` (a relative path is taken from the trainer's
+    `default_root_dir`, the working directory unless set), or `<the run's log folder>/<name>`
+    (`<default_root_dir>/<name>` for a run without a logger)."""
+    root = Path(trainer.default_root_dir)
+    if given is not None:
+        return Path(given) if Path(given).is_absolute() else root / given
+    return Path(trainer.log_dir or root) / name

@@ -172,11 +172,11 @@ def test_predict_writes_probabilities_csv_and_georeferenced_masks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import rasterio
 
-    monkeypatch.chdir(tmp_path)  # the configs' PredictionWriter writes under ./runs
+    monkeypatch.chdir(tmp_path)  # the configs' logger writes under ./runs; writers in the run's own folder
     cls = ["-c", str(CONFIGS / "naip" / "classify.yaml"), "--data.root", str(naip_chips), "--data.batch_size", "8",
            "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8", *TINY_MODEL, *CPU_TRAINER]
     assert main(["predict", *cls, "--model.pretrained", str(pretrained_ckpt)]) == 0
-    with open(tmp_path / "runs" / "naip_classify" / "predictions" / "predictions.csv") as f:
+    with open(tmp_path / "runs" / "naip_classify" / "version_0" / "predictions" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8  # the val split
     assert {r["predicted"] for r in rows} <= {"cropland", "forest", "orchard", "urban"}
@@ -185,13 +185,13 @@ def test_predict_writes_probabilities_csv_and_georeferenced_masks(
     seg = ["-c", str(CONFIGS / "naip" / "segment.yaml"), "--data.root", str(naip_segmentation), "--data.batch_size", "2",
            "--data.num_workers", "0", "--model.adapter.init_args.patch_size", "8", *TINY_MODEL, *CPU_TRAINER]
     assert main(["predict", *seg]) == 0
-    written = sorted((tmp_path / "runs" / "naip_segment" / "predictions").glob("*_pred.tif"))
+    written = sorted((tmp_path / "runs" / "naip_segment" / "version_0" / "predictions").glob("*_pred.tif"))
     sources = sorted((naip_segmentation / "val" / "images").glob("*.tif"))
     assert [p.name for p in written] == [f"{s.stem}_pred.tif" for s in sources]
     with rasterio.open(written[0]) as out, rasterio.open(sources[0]) as src:
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
         assert out.read(1).max() < 4
-    assert not list((tmp_path / "runs" / "naip_segment" / "predictions").glob("*.tmp*"))
+    assert not list((tmp_path / "runs" / "naip_segment" / "version_0" / "predictions").glob("*.tmp*"))
 
 
 @pytest.mark.parametrize("config,root_flag", [("pretrain_rasters.yaml", "--data.root"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,36 @@ def test_visible_count_equals_k_for_awkward_ratios(ratio: float, rows: int) -> N
     assert vis.valid is None
     assert (vis.mask.sum(1) == vis.index.shape[1]).all()
     assert torch.gather(vis.mask, 1, vis.index).all()
+
+
+@pytest.mark.parametrize("absent_p", [0.0, 0.4])
+def test_floor_masked_rounds_like_point_mae(absent_p: float) -> None:
+    """`floor="masked"` hides int(ratio * n) (Point-MAE), `visible` keeps int((1 - ratio) * n) (MAE)."""
+    g = torch.Generator().manual_seed(7)
+    ratio = float(torch.empty(()).uniform_(0.3, 0.9, generator=g))
+    tokens = grid_tokens(absent_p=absent_p, seed=int(torch.randint(0, 1000, (), generator=g)))
+    counts = [int(c) for c in tokens.present.sum(1)]
+    masked = RandomMasking(ratio, floor="masked")(tokens)
+    assert masked.mask.sum(1).tolist() == [max(1, c - math.floor(ratio * c)) for c in counts]
+    assert not (masked.mask & ~tokens.present).any()
+    assert masked.index.shape[1] == tokens.num_tokens - math.floor(ratio * tokens.num_tokens)
+    with pytest.raises(ValueError, match="floor"):
+        RandomMasking(0.6, floor="nearest")  # type: ignore[arg-type]
+
+
+def test_point_cloud_config_keeps_point_maes_visible_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 groups at 0.6: Point-MAE masks int(0.6 * 64) = 38 and keeps 26 visible (MAE's rounding: 25)."""
+    from maekit.cli import MaekitCLI
+
+    from .conftest import REPO
+
+    monkeypatch.setattr(sys, "argv", ["maekit"])
+    cli = MaekitCLI(args=["-c", str(REPO / "configs" / "pointcloud" / "pretrain.yaml"), "--data.root", str(tmp_path),
+                          "--model.size", "nano", "--trainer.logger", "false"], run=False)
+    masking = cli.model.mae.masking
+    groups = cli.model.adapter.groups
+    assert groups == 64 and masking.mask_ratio == 0.6
+    tokens = Tokens(values=torch.randn(3, groups, 96), coords=torch.randn(3, groups, 3),
+                    group=torch.zeros(3, groups, dtype=torch.long), present=torch.ones(3, groups, dtype=torch.bool))
+    vis = masking(tokens)
+    assert vis.index.shape == (3, 26) and (vis.mask.sum(1) == 26).all()

@@ -200,7 +200,7 @@ def test_reconstruct_missing_modality_writes_nifti_on_the_case_grid(brats: Path,
     # predicting at 2 mm: the synthetic volumes must still come back on the 1 mm source grid
     assert main(["predict", "-c", str(REPO / "configs" / "brats" / "reconstruct.yaml"), *pre,
                  "--data.pixdim", "[2.0,2.0,2.0]", "--ckpt_path", str(ckpt)]) == 0
-    out = tmp_path / "runs" / "brats_reconstruct"
+    out = tmp_path / "runs" / "brats_reconstruct" / "version_0" / "reconstructions"
     cases = find_cases(brats)
     for case in cases:  # flair is dropped everywhere, so every case gets a synthetic flair
         written = out / f"{case.name}_flair_synth.nii.gz"

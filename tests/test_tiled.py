@@ -213,7 +213,7 @@ def test_maekit_predict_writes_sliding_window_label_maps_with_the_source_affine(
                  "--data.pixdim", "[1.5,1.5,1.5]", "--model.roi_size", "[16,16,16]", "--model.overlap", "0.25",
                  "--model.feature_size", "8",
                  "--model.adapter.init_args.patch_size", "8", *TINY_MODEL, *CPU_TRAINER]) == 0
-    out = tmp_path / "runs" / "ct_segment" / "predictions"
+    out = tmp_path / "runs" / "ct_segment" / "version_0" / "predictions"
     for case in ("ct_000", "ct_001"):
         source = nib.load(str(root / f"{case}.nii.gz"))
         written = nib.load(str(out / f"{case}_pred.nii.gz"))

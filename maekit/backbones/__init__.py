@@ -2,7 +2,7 @@
 
 from maekit.backbones.posembed import LearnedPositionTable, sincos_embedding
 from maekit.backbones.transformer import (
-    SIZES, CrossAttention, HierarchicalDecoder, SizeName, StackSize, TransformerStack,
+    DECODER_SIZES, SIZES, CrossAttention, HierarchicalDecoder, SizeName, StackSize, TransformerStack, decoder_size,
 )
 
-__all__ = ["SIZES", "CrossAttention", "HierarchicalDecoder", "LearnedPositionTable", "SizeName", "StackSize", "TransformerStack", "sincos_embedding"]
+__all__ = ["DECODER_SIZES", "SIZES", "decoder_size", "CrossAttention", "HierarchicalDecoder", "LearnedPositionTable", "SizeName", "StackSize", "TransformerStack", "sincos_embedding"]

@@ -34,6 +34,26 @@ SIZES: dict[str, StackSize] = {
 }
 SizeName = Literal["nano", "micro", "tiny", "small", "base", "large", "huge"]
 
+#: The MAE decoder that goes with each encoder size unless one is given: MAE's 512 x 8 (16 heads)
+#: from `base` up; Point-MAE's 384 x 4 for `small`; lighter ones below (`micro` is `make demo`'s
+#: 128 x 2, `tiny` the kit's long-standing default 128 x 4).
+DECODER_SIZES: dict[str, StackSize] = {
+    "nano": StackSize(64, 1, 2),
+    "micro": StackSize(128, 2, 4),
+    "tiny": StackSize(128, 4, 4),
+    "small": StackSize(384, 4, 6),
+    "base": StackSize(512, 8, 16),
+    "large": StackSize(512, 8, 16),
+    "huge": StackSize(512, 8, 16),
+}
+
+
+def decoder_size(size: str, width: int | None = None, depth: int | None = None, heads: int | None = None) -> StackSize:
+    """The decoder for encoder `size`: each of width/depth/heads as given, else from `DECODER_SIZES`."""
+    d = DECODER_SIZES[size]
+    return StackSize(d.width if width is None else width, d.depth if depth is None else depth,
+                     d.heads if heads is None else heads)
+
 
 class TransformerStack(nn.Module):
     """Pre-norm transformer blocks with a final LayerNorm (eps `norm_eps`: 1e-6 as ViT/MAE; MONAI
@@ -72,6 +92,11 @@ class TransformerStack(nn.Module):
         )
         self.norm = norm(width)
         self.apply(_init_weights)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the stack's parameters that take no weight decay: the class token and its
+        position (besides biases and norms, which every optimiser group leaves undecayed)."""
+        return {"cls_token", "cls_pos"} if self.num_prefix else set()
 
     @classmethod
     def from_size(cls, size: SizeName, **kwargs: float) -> TransformerStack:

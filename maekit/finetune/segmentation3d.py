@@ -1,14 +1,13 @@
 """3D segmentation with a UNETR-style decoder (MONAI blocks) over a pretrained encoder.
 
 Skips come from several encoder depths (blocks 3, 6, 9, 12 of a 12-block encoder with 16^3
-patches, as in UNETR); each depth's tokens are put back on their grid with the tokens of the
+patches, as in UNETR; one stage per prime factor of any other patch size, e.g. 12^3 -> 2, 2, 3); each depth's tokens are put back on their grid with the tokens of the
 available modalities averaged, so any modality subset runs through the same weights.
 Validation and prediction on whole volumes use MONAI's sliding-window inference.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,39 +19,78 @@ from maekit.finetune.tasks import EncoderTask
 from maekit.tokens import DomainAdapter
 
 
+def upsampling_factors(patch_size: int) -> list[int]:
+    """The patch size as upsampling factors, coarse to fine: its prime factors, twos first
+    (16 -> [2, 2, 2, 2]; 12, Hi-End-MAE's patch -> [2, 2, 3]; 7 -> [7])."""
+    if patch_size < 2:
+        raise ConfigError(f"the UNETR decoder needs a patch size of at least 2, got {patch_size}")
+    factors, rest, p = [], patch_size, 2
+    while rest > 1:
+        while rest % p == 0:
+            factors.append(p)
+            rest //= p
+        p += 1
+    return factors
+
+
+class _ProjectionUp(nn.Module):
+    """Encoder tokens on their grid -> a finer grid by a chain of transposed convolutions, one
+    per factor (MONAI's `UnetrPrUpBlock` without conv blocks, with a factor per layer, and the
+    same parameter names)."""
+
+    def __init__(self, in_channels: int, out_channels: int, factors: list[int]) -> None:
+        super().__init__()
+        from monai.networks.blocks.dynunet_block import get_conv_layer
+
+        def up(cin: int, f: int) -> nn.Module:
+            return get_conv_layer(3, cin, out_channels, kernel_size=f, stride=f, conv_only=True, is_transposed=True)
+
+        self.transp_conv_init = up(in_channels, factors[0])
+        self.blocks = nn.ModuleList(up(out_channels, f) for f in factors[1:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.transp_conv_init(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 class UNETRDecoder(nn.Module):
-    """Encoder features at log2(patch)+1 depths -> per-voxel logits.
+    """Encoder features at one depth per upsampling stage -> per-voxel logits.
+
+    One upsampling stage per prime factor of the patch size (`upsampling_factors`): a power of
+    two gives UNETR's stages of 2, Hi-End-MAE's 12^3 patch gives stages of 2, 2 and 3.
 
     Args:
         in_channels: channels of the full-resolution image skip (model modalities).
         width: encoder width.
-        patch_size: power of two; one upsampling stage per factor 2.
+        patch_size: any size >= 2.
         num_classes: output classes.
         feature_size: channels at full resolution (doubling per stage down).
     """
 
     def __init__(self, in_channels: int, width: int, patch_size: int, num_classes: int, feature_size: int = 16) -> None:
         super().__init__()
-        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
-        stages = int(round(math.log2(patch_size)))
-        if 2**stages != patch_size:
-            raise ConfigError(f"the UNETR decoder needs a power-of-two patch size, got {patch_size}")
-        self.stages = stages
+        factors = upsampling_factors(patch_size)
+        stages = len(factors)
+        self.stages, self.factors = stages, factors
         channels = [width] + [feature_size * 2 ** (stages - level) for level in range(1, stages + 1)]
         norm = "instance"
         self.image_skip = UnetrBasicBlock(3, in_channels, feature_size, 3, 1, norm, res_block=True)
-        self.token_skips = nn.ModuleList(
-            UnetrPrUpBlock(3, width, channels[level], level - 1, 3, 1, 2, norm, res_block=True)
-            for level in range(1, stages))
-        self.ups = nn.ModuleList(UnetrUpBlock(3, channels[level - 1], channels[level], 3, 2, norm, res_block=True)
+        # the skip feeding stage `level` is upsampled by the factors of the stages before it
+        self.token_skips = nn.ModuleList(_ProjectionUp(width, channels[level], factors[:level])
+                                         for level in range(1, stages))
+        self.ups = nn.ModuleList(UnetrUpBlock(3, channels[level - 1], channels[level], 3, factors[level - 1], norm,
+                                              res_block=True)
                                  for level in range(1, stages + 1))
         self.out = UnetOutBlock(3, feature_size, num_classes)
 
     @staticmethod
     def skip_blocks(depth: int, patch_size: int) -> list[int]:
         """1-based encoder blocks feeding levels 1..stages-1 (coarse to fine), then the last."""
-        stages = int(round(math.log2(patch_size)))
+        stages = len(upsampling_factors(patch_size))
         return [max(1, round(depth * (stages - level) / stages)) for level in range(1, stages)] + [depth]
 
     def forward(self, image: Tensor, grids: list[Tensor]) -> Tensor:

@@ -142,10 +142,15 @@ class EncoderTask(LossGuard, L.LightningModule):
         if self._parameter_ranks is None:
             self._parameter_ranks = parameter_ranks(self)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay besides biases and norms: the same set as in
+        pretraining (tokens, position tables, group embeddings), as MAE/timm fine-tuning does."""
+        return ({f"adapter.{n}" for n in self.adapter.no_weight_decay()}
+                | {f"encoder.{n}" for n in self.encoder.no_weight_decay()})
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        skip = {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
-        groups = param_groups(self, hp.weight_decay, skip, self._layer_of, self.encoder.depth + 1,
+        groups = param_groups(self, hp.weight_decay, self.no_weight_decay(), self._layer_of, self.encoder.depth + 1,
                               hp.layer_decay, ranks=self._parameter_ranks)
         optimizer = build_adamw(groups, hp.lr, tuple(hp.betas))
         return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from maekit.datasets.raster import write_like
-from maekit.files import write_text_atomic
+from maekit.files import run_output_dir, write_text_atomic
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -25,16 +25,19 @@ class PredictionWriter(BasePredictionWriter):
       (same CRS and transform), one atomic write per chip.
 
     Args:
-        output_dir: folder for the outputs.
+        output_dir: folder for the outputs; default `predictions/` in the run's own log folder
+            (a relative path is taken from `--trainer.default_root_dir`).
     """
 
-    def __init__(self, output_dir: str = "predictions") -> None:
+    def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.given_dir = output_dir
+        self.output_dir = Path(output_dir or "predictions")
         self._rows: list[list[str]] = []
         self._classes: list[str] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output_dir = run_output_dir(trainer, self.given_dir, "predictions")
         self._rows = []
         self._classes = list(getattr(trainer.datamodule, "classes", []) or [])
 
@@ -52,6 +55,8 @@ class PredictionWriter(BasePredictionWriter):
                 write_like(path, labels[None], self.output_dir / f"{Path(path).stem}_pred.tif")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"maekit: predictions written under {self.output_dir}")
         if not self._rows:
             return
         width = len(self._rows[0]) - 2

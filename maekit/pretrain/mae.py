@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maekit.backbones import SIZES, HierarchicalDecoder, SizeName, TransformerStack
+from maekit.backbones import SIZES, HierarchicalDecoder, SizeName, TransformerStack, decoder_size
 from maekit.errors import ConfigError
 from maekit.pretrain.masking import MaskGenerator, RandomMasking, Visible
 from maekit.tokens import DomainAdapter, Tokens
@@ -36,7 +36,8 @@ class MaskedAutoencoder(nn.Module):
     Args:
         adapter: turns native batches into tokens and owns embeddings, targets and losses.
         size: encoder size by name (see `maekit.backbones.SIZES`).
-        decoder_width, decoder_depth, decoder_heads: the decoder stack.
+        decoder_width, decoder_depth, decoder_heads: the decoder stack; each one not given
+            follows the encoder size (`maekit.backbones.DECODER_SIZES`).
         masking: which tokens stay visible; default random at 0.75.
         drop_path: stochastic depth of the encoder.
         decoder_reads: encoder blocks (1-based) whose outputs every decoder layer also attends
@@ -47,15 +48,18 @@ class MaskedAutoencoder(nn.Module):
         self,
         adapter: DomainAdapter,
         size: SizeName = "tiny",
-        decoder_width: int = 128,
-        decoder_depth: int = 4,
-        decoder_heads: int = 4,
+        decoder_width: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_heads: int | None = None,
         masking: MaskGenerator | None = None,
         drop_path: float = 0.0,
         decoder_reads: list[int] | None = None,
     ) -> None:
         super().__init__()
         spec = SIZES[size]
+        dec = decoder_size(size, decoder_width, decoder_depth, decoder_heads)
+        decoder_width, decoder_depth, decoder_heads = dec.width, dec.depth, dec.heads
+        self.decoder_spec = dec
         self.adapter = adapter
         adapter.build(spec.width)
         self.encoder = TransformerStack(spec.width, spec.depth, spec.heads, drop_path=drop_path)
@@ -79,6 +83,7 @@ class MaskedAutoencoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay (besides biases and norms)."""
         names = {"mask_token", "decoder_group.weight"}
+        names |= {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
         return names | {f"adapter.{n}" for n in self.adapter.no_weight_decay()}
 
     def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:

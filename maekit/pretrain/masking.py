@@ -4,7 +4,8 @@ Every generator decides, per sample, a set of visible tokens among the *present*
 back their indices with one shape for the whole batch, so the encoder runs on a dense (B, K, D)
 tensor. Everything is argsort + gather on device: no boolean indexing, no host syncs.
 
-When tokens may be absent, samples keep `floor((1 - ratio) * present)` visible tokens; K is the
+When tokens may be absent, samples keep `floor((1 - ratio) * present)` visible tokens (MAE's
+rounding; `floor="masked"` hides `floor(ratio * present)` instead, as Point-MAE does); K is the
 largest such count, and the unused slots of a sample are marked invalid so attention ignores
 them. When every token is present (`Tokens.may_be_absent` False) every sample keeps exactly K.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -40,12 +42,19 @@ class MaskGenerator:
 
     Args:
         mask_ratio: fraction of each sample's present tokens to hide.
+        floor: which count is rounded down when `mask_ratio * present` is not whole: `visible`
+            keeps `floor((1 - ratio) * n)` visible (MAE's `int(L * (1 - mask_ratio))`), `masked`
+            hides `floor(ratio * n)` (Point-MAE's `int(mask_ratio * G)`: 64 groups at 0.6 keep 26
+            visible, not 25).
     """
 
-    def __init__(self, mask_ratio: float = 0.75) -> None:
+    def __init__(self, mask_ratio: float = 0.75, floor: Literal["visible", "masked"] = "visible") -> None:
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if floor not in ("visible", "masked"):
+            raise ValueError(f"floor must be 'visible' or 'masked', got {floor!r}")
         self.mask_ratio = mask_ratio
+        self.floor = floor
 
     #: True when `choose` always shows exactly the budget (so all-present batches need no padding)
     exact_budget = True
@@ -59,13 +68,18 @@ class MaskGenerator:
 
     def max_visible(self, num_tokens: int) -> int:
         """K: the visible count of a sample whose tokens are all present."""
+        if self.floor == "masked":
+            return max(1, num_tokens - math.floor(self.mask_ratio * num_tokens))
         return max(1, math.floor((1.0 - self.mask_ratio) * num_tokens))
 
     def visible_budget(self, present: Tensor) -> Tensor:
         """(B,) how many tokens each sample keeps visible."""
         count = present.sum(1)
         # float64, the same arithmetic as `max_visible`, so an all-present sample keeps exactly K
-        budget = torch.floor((1.0 - self.mask_ratio) * count.double()).long()
+        if self.floor == "masked":
+            budget = count - torch.floor(self.mask_ratio * count.double()).long()
+        else:
+            budget = torch.floor((1.0 - self.mask_ratio) * count.double()).long()
         return torch.minimum(budget.clamp(min=1), count)
 
     def score(self, tokens: Tokens) -> Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from maekit.backbones import SizeName
@@ -25,9 +26,11 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
     Args:
         adapter: the domain adapter (bands, patch size, statistics...).
         size: encoder size by name.
-        decoder_width, decoder_depth, decoder_heads: the light decoder.
+        decoder_width, decoder_depth, decoder_heads: the light decoder; each one left unset
+            follows `size` (`maekit.backbones.DECODER_SIZES`: `nano` 64 x 1, `base` MAE's 512 x 8).
         masking: mask generator (default random 0.75).
-        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`.
+        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`
+            (printed when fitting starts, with a warning when a small batch makes it tiny).
         lr: absolute learning rate, overriding `base_lr`.
         weight_decay: AdamW decay (none on biases, norms, tokens, position tables).
         betas: AdamW betas.
@@ -43,9 +46,9 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         self,
         adapter: DomainAdapter,
         size: SizeName = "tiny",
-        decoder_width: int = 128,
-        decoder_depth: int = 4,
-        decoder_heads: int = 4,
+        decoder_width: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_heads: int | None = None,
         masking: MaskGenerator | None = None,
         base_lr: float = 1.5e-4,
         lr: float | None = None,
@@ -81,10 +84,10 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the model (adapter, sizes, masking-free) for `maekit export`."""
         self.check_loss_before_saving()
-        hp = self.hparams
+        hp, dec = self.hparams, self.mae.decoder_spec
         checkpoint["maekit"] = {
-            "adapter": self.adapter.config(), "size": hp.size, "decoder_width": hp.decoder_width,
-            "decoder_depth": hp.decoder_depth, "decoder_heads": hp.decoder_heads,
+            "adapter": self.adapter.config(), "size": hp.size, "decoder_width": dec.width,
+            "decoder_depth": dec.depth, "decoder_heads": dec.heads,
             "decoder_reads": list(hp.get("decoder_reads") or []), "prefix": "mae.", "task": "pretrain",
         }
 
@@ -154,15 +157,42 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        lr = hp.lr if hp.lr is not None else hp.base_lr * self._effective_batch_size() / 256
+        lr = hp.lr if hp.lr is not None else self._scaled_lr()
         groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay(), ranks=self._parameter_ranks)
         optimizer = build_adamw(groups, lr, tuple(hp.betas))
         return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
 
-    def _effective_batch_size(self) -> int:
+    #: below this effective batch, linear lr scaling is warned about (MAE's recipes use 1024-4096)
+    SMALL_BATCH = 64
+
+    def _scaled_lr(self) -> float:
+        """base_lr * effective batch / 256, printed; warns when a small batch makes it tiny."""
+        hp = self.hparams
+        batch = self._effective_batch_size()
+        if batch is None:
+            lr = hp.base_lr
+            note = (f"maekit: learning rate {lr:.3g} (base_lr; the datamodule has no batch_size, so no "
+                    "batch scaling: set --model.lr for an absolute rate)")
+        else:
+            lr = hp.base_lr * batch / 256
+            note = f"maekit: learning rate {lr:.3g} = base_lr {hp.base_lr:.3g} x effective batch {batch} / 256"
+        if self.trainer.is_global_zero:
+            print(note)
+        if batch is not None and batch < self.SMALL_BATCH:
+            rank_zero_warn(
+                f"the effective batch is {batch}, so the linearly scaled learning rate is only {lr:.3g}, "
+                f"{256 / batch:.0f}x below base_lr {hp.base_lr:.3g} (a rate meant for batches of 256 and "
+                f"more); set an absolute rate, e.g. --model.lr {hp.base_lr:.3g}, or raise --data.batch_size / "
+                "--trainer.accumulate_grad_batches", category=UserWarning)
+        return lr
+
+    def _effective_batch_size(self) -> int | None:
+        """Samples per optimiser step over every device; None when the datamodule has no batch_size."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        per_device = int(getattr(datamodule, "batch_size", 256))
-        return per_device * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        per_device = getattr(datamodule, "batch_size", None)
+        if per_device is None:
+            return None
+        return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
 
 def _first(batch: dict[str, Any], count: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from maekit.files import atomic_output
+from maekit.files import atomic_output, run_output_dir
 
 
 class VolumeReconstructionWriter(BasePredictionWriter):
@@ -21,12 +21,21 @@ class VolumeReconstructionWriter(BasePredictionWriter):
     reconstruction.
 
     Args:
-        output_dir: folder for the outputs.
+        output_dir: folder for the outputs; default `reconstructions/` in the run's own log folder (a
+            relative path is taken from `--trainer.default_root_dir`).
     """
 
-    def __init__(self, output_dir: str = "reconstructions") -> None:
+    def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.given_dir = output_dir
+        self.output_dir = Path(output_dir or "reconstructions")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output_dir = run_output_dir(trainer, self.given_dir, "reconstructions")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"maekit: reconstructions written under {self.output_dir}")
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> None:

@@ -43,7 +43,7 @@ def _checkpoint(model: torch.nn.Module, path: Path, seed: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- classifiers
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [int(np.random.default_rng().integers(1000))])
 def test_knn_and_linear_probe_score_structure_and_fall_to_chance_on_shuffled_labels(seed: int) -> None:
     rng = np.random.default_rng(seed)
     classes, dim = int(rng.integers(3, 6)), int(rng.integers(8, 24))
@@ -147,11 +147,11 @@ def test_probe_cli_writes_json_for_pretrained_and_random(chips: Path, tmp_path: 
     args = ["-c", str(CONFIGS / "naip" / "probe.yaml"), "--data.root", str(chips), *NAIP_TINY,
             "--model.pretrained", str(ckpt)]
     out = tmp_path / "out" / "probe.json"
-    assert main(["probe", *args, "--labels_per_class", "1,3,all", "--seeds", "3", "--out", str(out)]) == 0
+    assert main(["probe", *args, "--labels_per_class", "1,all", "--seeds", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert "pretrained linear" in printed and "validation split" in printed
-    assert set(result["labels_per_class"]) == {"1", "3", "all"}
+    assert set(result["labels_per_class"]) == {"1", "all"}
     for budget in result["labels_per_class"].values():
         for model in ("pretrained", "random"):
             scores = budget[model]
@@ -159,7 +159,7 @@ def test_probe_cli_writes_json_for_pretrained_and_random(chips: Path, tmp_path: 
             assert all(0 <= scores[m] <= 1 for m in ("knn", "linear"))
     assert result["labels_per_class"]["all"]["random"]["knn_std"] == 0.0  # one draw
     assert result["n_train"] == 24 and result["n_test"] == 12 and result["test_split"] == "val"
-    assert result["weights"] == str(ckpt) and result["seeds"] == 3 and result["classes"] == 4
+    assert result["weights"] == str(ckpt) and result["seeds"] == 2 and result["classes"] == 4
 
     # the "pretrained" model is the checkpoint's; the "random" one is not
     models, datamodule, _ = probe_models(args)

@@ -346,10 +346,15 @@ def run_probe(models: dict[str, nn.Module], datamodule: Any, budgets: Sequence[i
     if dense and "mask" not in sample:
         raise ConfigError(f"the datamodule's samples carry neither 'label' nor 'mask' ({sorted(sample)}): the probe "
                           "needs labelled data (a classification or segmentation task)")
+    first = next(iter(models.values()))
+    needed = ("adapter", "encode") if dense else ("features",)
+    if not all(hasattr(first, n) for n in needed) or (dense and not hasattr(first.adapter, "to_grid")):
+        raise ConfigError(f"{type(first).__name__} cannot be probed on {'label maps' if dense else 'labels'}: use "
+                          "maekit.finetune.frozen.FrozenFeatureEvaluation (or ClassificationTask) as the probe "
+                          "config's model" + (", with a patch adapter that has to_grid" if dense else ""))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train = {name: extract(m, train_loader, dense, device) for name, m in models.items()}
     test = {name: extract(m, test_loader, dense, device) for name, m in models.items()}
-    first = next(iter(models.values()))
     patch, classes = 1, 0
     if dense:
         patch = getattr(first.adapter, "patch_size", None)

@@ -197,3 +197,14 @@ def test_probe_cli_dense_dice_on_volumes(tmp_path: Path) -> None:
         for model in ("pretrained", "random"):
             assert 0 <= result["labels_per_class"][budget][model]["dice"] <= 1
             assert "dice_std" in result["labels_per_class"][budget][model]
+
+
+@pytest.mark.parametrize("domain", ["naip", "sentinel2", "ct", "pointcloud", "skeleton"])
+def test_shipped_probe_configs_build_a_frozen_feature_model(domain: str, tmp_path: Path) -> None:
+    from maekit.cli import MaekitCLI
+    from maekit.finetune.frozen import FrozenFeatureEvaluation
+
+    cli = MaekitCLI(args=["-c", str(CONFIGS / domain / "probe.yaml"), "--data.root", str(tmp_path),
+                          "--model.size", "nano"], run=False)
+    assert isinstance(cli.model, FrozenFeatureEvaluation) and cli.config["model"]["init_args"]["pretrained"] is None
+    assert getattr(cli.datamodule, "labels_per_class", None) is None  # the probe draws its own budgets

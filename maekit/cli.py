@@ -9,6 +9,7 @@
     maekit predict-scene CKPT SCENE.tif --out DIR      # whole GeoTIFF scenes, tiled and blended
     maekit embed-points WEIGHTS SCENE.las OUT.ply      # per-point embeddings of a large scene, in chunks
     maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
+    maekit probe -c CONFIG --model.pretrained WEIGHTS  # kNN / linear probes at label budgets vs random init
     maekit weights list|info|download|add
 """
 
@@ -274,6 +275,13 @@ def cmd_stats(argv: list[str]) -> int:
     return 0
 
 
+def cmd_probe(argv: list[str]) -> int:
+    """Frozen-encoder kNN and linear probes at several label budgets, pretrained vs random init."""
+    from maekit.finetune.probe import cmd_probe as run
+
+    return run(argv)
+
+
 def cmd_export(argv: list[str]) -> int:
     """Turn a training checkpoint into a publishable folder: model.safetensors, config.json, README.md."""
     from maekit.weights import export
@@ -339,7 +347,8 @@ def cmd_weights(argv: list[str]) -> int:
 
 EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
                   "nerf-grid": cmd_nerf_grid, "shard": cmd_shard, "predict-scene": cmd_predict_scene,
-                  "embed-points": cmd_embed_points, "export": cmd_export, "weights": cmd_weights}
+                  "embed-points": cmd_embed_points, "export": cmd_export, "weights": cmd_weights,
+                  "probe": cmd_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from maekit.files import atomic_output
+from maekit.tokens import NamedChannels
 
 
 class VolumeReconstructionWriter(BasePredictionWriter):
@@ -34,7 +35,8 @@ class VolumeReconstructionWriter(BasePredictionWriter):
 
         recon = prediction["reconstruction"].float().cpu()
         present = batch["modality_present"].cpu()
-        modalities = list(getattr(pl_module.adapter, "channels", []))
+        adapter = pl_module.adapter
+        modalities = list(adapter.channels) if isinstance(adapter, NamedChannels) else []
         names = batch.get("case") or [f"case_{batch_idx}_{i}" for i in range(recon.shape[0])]
         affines = batch.get("affine")
         sources = batch.get("source")

@@ -21,6 +21,8 @@ from maekit.domains.registry import Example, domains, get_domain
 from maekit.pretrain import MAEPretrainModule, RandomMasking
 from maekit.tokens import DomainAdapter
 
+from . import example_domain  # noqa: F401  (registers the "signal" domain)
+
 DOMAINS = sorted(domains())
 WIDTH = 32
 

@@ -95,6 +95,11 @@ def cmd_domains(argv: list[str]) -> int:
     return 0
 
 
+def _summary(function: Any) -> str:
+    """What a sample-data function writes: its docstring after the command it serves."""
+    return (function.__doc__ or "").split(":", 1)[-1].strip().rstrip(".")
+
+
 def cmd_sample_data(argv: list[str]) -> int:
     """Write a small seeded sample dataset in the layout the readers expect."""
     from maekit.domains.registry import SampleOptions, load, sample_presets
@@ -102,9 +107,11 @@ def cmd_sample_data(argv: list[str]) -> int:
     presets = sample_presets()
     p = argparse.ArgumentParser(prog="maekit sample-data", description=cmd_sample_data.__doc__)
     p.add_argument("out", help="folder to write")
+    by_function: dict[str, list[str]] = {}
+    for name, domain in presets.items():
+        by_function.setdefault(domain.samples[name], []).append(name)
     p.add_argument("--preset", choices=list(presets), default="naip",
-                   help="; ".join(f"{name}: {(load(d.samples[name]).__doc__ or '').split(':', 1)[-1].strip()}"
-                                  for name, d in presets.items()))
+                   help="; ".join(f"{' / '.join(names)}: {_summary(load(path))}" for path, names in by_function.items()))
     p.add_argument("--task", choices=["classification", "segmentation"], default="classification",
                    help="chips only")
     p.add_argument("--per-class", type=int, default=None,

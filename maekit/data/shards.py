@@ -1,7 +1,7 @@
 """Streaming shards: convert any domain's dataset once into litdata chunks, then train from them.
 
     maekit shard -c configs/naip/pretrain.yaml --out /data/naip_shards [--data.root DIR ...]
-    maekit fit -c configs/naip/pretrain.yaml --data maekit.data.shards.StreamingShardsDataModule \
+    maekit fit -c configs/naip/pretrain.yaml --data maekit.data.StreamingShardsDataModule \
         --data.root /data/naip_shards          # or s3://bucket/naip_shards
 
 Layout of a shard folder: `<split>/chunk-*.bin` + `<split>/index.json` (litdata's optimised
@@ -230,7 +230,7 @@ def _collate_name(dm: L.LightningDataModule) -> str:
 # ------------------------------------------------------------------------------ CLI
 def cmd_shard(argv: list[str]) -> int:
     """Convert a config's dataset into streaming shards once: `maekit shard -c CONFIG --out DIR
-    [--data.* overrides]`; train from them with `--data maekit.data.shards.StreamingShardsDataModule
+    [--data.* overrides]`; train from them with `--data maekit.data.StreamingShardsDataModule
     --data.root DIR`."""
     p = argparse.ArgumentParser(prog="maekit shard", description=cmd_shard.__doc__)
     p.add_argument("-c", "--config", required=True, help="a Lightning CLI config with a data: section")

@@ -3,4 +3,6 @@
 
 from maekit.lazy import forward_module
 
-__getattr__ = forward_module(__name__, "maekit.domains.volume.spec", "maekit.domains.volume.readers", "maekit.domains.volume.datamodule")
+__getattr__ = forward_module(
+    __name__, "maekit.domains.volume.spec", "maekit.domains.volume.readers",
+    "maekit.domains.volume.datamodule")

@@ -3,4 +3,6 @@
 
 from maekit.lazy import forward_module
 
-__getattr__ = forward_module(__name__, "maekit.domains.nerf.spec", "maekit.domains.nerf.readers", "maekit.domains.nerf.datamodule")
+__getattr__ = forward_module(
+    __name__, "maekit.domains.nerf.spec", "maekit.domains.nerf.readers",
+    "maekit.domains.nerf.datamodule")

@@ -77,8 +77,8 @@ class EncoderTask(LossGuard, L.LightningModule):
         encoder argument it did not name (a task takes them as `**encoder`)."""
         import inspect
 
-        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back,  # type: ignore[union-attr]
-                                     logger=logger)
+        caller = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, ignore=ignore, frame=caller, logger=logger)
         for name, value in self.encoder_args.items():
             self.hparams.setdefault(name, value)
 
@@ -193,7 +193,8 @@ class ClassificationTask(EncoderTask):
             raise ConfigError(f"pooling {pooling!r} needs model.class_token: true")
         super().__init__(adapter, **encoder)
         self.save_hyperparameters(ignore=["adapter"])
-        self.head = PooledClassifier(self.width, num_classes, probe=self.encoder_args["freeze_encoder"], dropout=dropout,
+        probe = self.encoder_args["freeze_encoder"]
+        self.head = PooledClassifier(self.width, num_classes, probe=probe, dropout=dropout,
                                      pooling=pooling, hidden=hidden or [])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         metrics = torchmetrics.MetricCollection({

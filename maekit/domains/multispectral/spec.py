@@ -98,4 +98,5 @@ def get_preset(name: str) -> BandPreset:
 
 def describe_presets() -> list[str]:
     """One line per band preset (for `maekit domains`)."""
-    return [f"preset {p.name:10s} {len(p.bands):2d} bands {','.join(p.bands)}: {p.description}" for p in PRESETS.values()]
+    return [f"preset {p.name:10s} {len(p.bands):2d} bands {','.join(p.bands)}: {p.description}"
+            for p in PRESETS.values()]

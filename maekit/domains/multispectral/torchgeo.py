@@ -79,7 +79,8 @@ class GeoSamplerDataModule(L.LightningDataModule):
 
     def _loader(self, sampler: Any) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=worker_count(self.num_workers), collate_fn=functools.partial(geo_collate, nodata=self.nodata))
+                          num_workers=worker_count(self.num_workers),
+                          collate_fn=functools.partial(geo_collate, nodata=self.nodata))
 
     def train_dataloader(self) -> DataLoader:
         from torchgeo.samplers import RandomGeoSampler

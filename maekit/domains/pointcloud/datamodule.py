@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from maekit.lazy import lazy_import
 from maekit.data.base import MaekitDataModule
 from maekit.errors import DataError
-from maekit.domains.pointcloud.readers import Augmentation, FPS_RANDOM_OVERSAMPLE, Layout, PointCloud, PointSource, Subsample, _from_columns, check_cloud, find_point_samples, normalise_unit_sphere, read_points
+from maekit.domains.pointcloud.readers import (
+    Augmentation, FPS_RANDOM_OVERSAMPLE, Layout, PointCloud, PointSource, Subsample, _from_columns, check_cloud,
+    find_point_samples, normalise_unit_sphere, read_points)
 
 
 class PointCloudDataset(Dataset):

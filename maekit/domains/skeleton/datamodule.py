@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from maekit.data.base import MaekitDataModule
 from maekit.domains.skeleton.spec import Topology, TopologySpec
 from maekit.errors import ConfigError, DataError
-from maekit.domains.skeleton.readers import NTU_NAME, SkeletonArrays, XSUB_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS, centre_sequence, load_skeleton_file, read_array_file
+from maekit.domains.skeleton.readers import (
+    NTU_NAME, SkeletonArrays, XSUB_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS, centre_sequence, load_skeleton_file,
+    read_array_file)
 
 
 def valid_frames(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from maekit.data.base import MaekitDataModule
 from maekit.errors import ConfigError, DataError
-from maekit.domains.volume.readers import Case, Layout, _crop_foreground, _read_case_labels, canonical_modality, find_cases, load_case
+from maekit.domains.volume.readers import (
+    Case, Layout, _crop_foreground, _read_case_labels, canonical_modality, find_cases, load_case)
 
 
 class VolumeDataset(Dataset):

@@ -21,8 +21,8 @@ from pathlib import Path
 import rasterio
 import torch
 
-from maekit.datasets import RandomWindowDataset
-from maekit.datasets.samples import make_large_raster
+from maekit.domains.multispectral import RandomWindowDataset
+from maekit.domains.multispectral.samples import make_large_raster
 
 DATA = Path(__file__).resolve().parent / "_data"
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maekit.datasets.pointcloud import open3d_module
-from maekit.domains.point_ops import chamfer_l2, farthest_point_order, farthest_point_sample, knn
+from maekit.domains.pointcloud.readers import open3d_module
+from maekit.domains.pointcloud.ops import chamfer_l2, farthest_point_order, farthest_point_sample, knn
 
 
 def timed(fn: Callable[[], object], device: str) -> float:

@@ -5,7 +5,7 @@
 
 Each size runs in a fresh subprocess (so peaks do not carry over) that builds the model, records
 its peak RSS (`ru_maxrss`) before predicting, predicts the whole generated scene with
-`maekit.finetune.tiled.predict_raster`, and records the peak again. The scene itself is never
+`maekit.domains.multispectral.scenes.predict_raster`, and records the peak again. The scene itself is never
 loaded whole: a 8192^2 4-band uint8 scene is 256 MiB raw and its float32 class probabilities
 would be 1 GiB; the predictor holds one strip of tile rows.
 """
@@ -30,7 +30,7 @@ def child(scene: str, out: str, model_kind: str, tile: int, batch: int, device: 
     """Predict one scene and print a JSON line of peaks and timing."""
     import torch
 
-    from maekit.finetune.tiled import predict_raster
+    from maekit.domains.multispectral.scenes import predict_raster
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if model_kind == "conv":
@@ -67,7 +67,7 @@ def main() -> None:
     if a.child:
         child(a.child[0], a.child[1], a.model, a.tile, a.batch_size, a.device)
         return
-    from maekit.datasets.samples import make_large_raster
+    from maekit.domains.multispectral.samples import make_large_raster
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="tiled_memory_"))
     rows = []

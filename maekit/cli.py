@@ -132,29 +132,25 @@ def _overview() -> str:
 
 
 def cmd_domains(argv: list[str]) -> int:
-    """Print the domains, their band presets and the shipped configs."""
-    from maekit.datasets.bands import PRESETS
+    """Print the registered domains (adapter, datamodules, sample presets, extra) and the shipped configs."""
+    from maekit.domains.registry import domains, load, public_name
 
     argparse.ArgumentParser(prog="maekit domains", description=cmd_domains.__doc__).parse_args(argv)
-    print("multispectral  (maekit.domains.MultispectralAdapter)")
-    for preset in PRESETS.values():
-        print(f"  preset {preset.name:10s} {len(preset.bands):2d} bands {','.join(preset.bands)}")
-        print(f"         {'':10s} {preset.description}")
-    print("\nvolumes  (maekit.domains.VolumeAdapter)")
-    print("  multimodal MRI (t1, t1ce, t2, flair; cases may lack some) and CT; layouts: BraTS 2021/2023,")
-    print("  MSD Decathlon, nnU-Net raw, plain folder (maekit.datasets.VolumeDataModule)")
-    print("\npoint clouds  (maekit.domains.PointCloudAdapter)")
-    print("  Point-MAE tokens (FPS centres + kNN groups); PLY/PCD/XYZ/PTS, OFF/OBJ/STL meshes, LAS/LAZ, lidar .bin,")
-    print("  ModelNet40 (text, HDF5), ScanObjectNN, ShapeNet-55, class folders (maekit.datasets.PointCloudDataModule)")
-    print("\nNeRF radiance grids  (maekit.domains.NerfAdapter)")
-    print("  NeRF-MAE .npz grids (rgbsigma + resolution), 4^3 patches of RGB + alpha; `maekit nerf-grid` builds")
-    print("  grids from coloured meshes / point clouds (maekit.datasets.NerfGridDataModule)")
-    print("\nskeleton sequences  (maekit.domains.SkeletonAdapter)")
-    print("  one token per joint per 4-frame segment; NTU RGB+D .skeleton / npz / npy, COCO-17 keypoints,")
-    print("  topologies in config (maekit.datasets.SkeletonDataModule)")
+    for domain in domains().values():
+        extra = f"  [pip install 'maekit[{domain.extra}]']" if domain.extra else ""
+        print(f"{domain.name}  ({public_name(domain.adapter)}){extra}")
+        print(f"  {domain.description}")
+        for path in domain.datamodules:
+            print(f"  data: {public_name(path)}")
+        if domain.samples:
+            print(f"  sample-data presets: {', '.join(domain.samples)}")
+        if domain.details:
+            for line in load(domain.details)():
+                print(f"  {line}")
+        print()
     roots = [Path.cwd() / "configs", CONFIG_DIR]
     seen: set[Path] = set()
-    print("\nconfigs:")
+    print("configs:")
     for root in roots:
         if not root.is_dir() or root.resolve() in seen:
             continue
@@ -165,16 +161,23 @@ def cmd_domains(argv: list[str]) -> int:
     return 0
 
 
-SAMPLE_KINDS = ("naip", "toa", "brats", "ct", "pointcloud", "modelnet40", "nerf", "skeleton")
+def _summary(function: Any) -> str:
+    """What a sample-data function writes: its docstring after the command it serves."""
+    return (function.__doc__ or "").split(":", 1)[-1].strip().rstrip(".")
 
 
 def cmd_sample_data(argv: list[str]) -> int:
     """Write a small seeded sample dataset in the layout the readers expect."""
+    from maekit.domains.registry import SampleOptions, load, sample_presets
+
+    presets = sample_presets()
     p = argparse.ArgumentParser(prog="maekit sample-data", description=cmd_sample_data.__doc__)
     p.add_argument("out", help="folder to write")
-    p.add_argument("--preset", choices=SAMPLE_KINDS, default="naip",
-                   help="naip / toa chips, brats (MRI) / ct volumes, pointcloud (class folders of meshes and scans) / "
-                        "modelnet40 (text layout), nerf (radiance grids), skeleton (NTU .skeleton files + npz)")
+    by_function: dict[str, list[str]] = {}
+    for name, domain in presets.items():
+        by_function.setdefault(domain.samples[name], []).append(name)
+    p.add_argument("--preset", choices=list(presets), default="naip",
+                   help="; ".join(f"{' / '.join(names)}: {_summary(load(path))}" for path, names in by_function.items()))
     p.add_argument("--task", choices=["classification", "segmentation"], default="classification",
                    help="chips only")
     p.add_argument("--per-class", type=int, default=None,
@@ -185,66 +188,15 @@ def cmd_sample_data(argv: list[str]) -> int:
     p.add_argument("--format", choices=["tif", "npz"], default="tif", help="chips only")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-
-    def pick(value: int | None, default: int) -> int:
-        return default if value is None else value
-
-    if a.preset in ("naip", "toa"):
-        from maekit.datasets.samples import make_chip_dataset
-
-        root = make_chip_dataset(a.out, a.preset, a.task, pick(a.per_class, 64), a.val_per_class, pick(a.size, 64),
-                                 file_format=a.format, seed=a.seed)
-    elif a.preset == "brats":
-        from maekit.datasets.medical_samples import make_brats_dataset
-
-        root = make_brats_dataset(a.out, pick(a.per_class, 8), pick(a.size, 32), seed=a.seed)
-    elif a.preset == "ct":
-        from maekit.datasets.medical_samples import make_ct_dataset
-
-        root = make_ct_dataset(a.out, pick(a.per_class, 6), pick(a.size, 32), seed=a.seed)
-    elif a.preset in ("pointcloud", "modelnet40"):
-        from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
-
-        layout = "folder" if a.preset == "pointcloud" else "modelnet40"
-        root = make_pointcloud_dataset(a.out, layout, per_class=pick(a.per_class, 20),
-                                       test_per_class=min(a.val_per_class, 8), points=pick(a.size, 2048), seed=a.seed)
-    elif a.preset == "nerf":
-        from maekit.datasets.nerf_samples import make_nerf_dataset
-
-        root = make_nerf_dataset(a.out, pick(a.per_class, 12), pick(a.size, 32), seed=a.seed)
-    else:
-        from maekit.datasets.skeleton_samples import make_skeleton_dataset
-
-        root = make_skeleton_dataset(a.out, pick(a.per_class, 8), seed=a.seed)
+    options = SampleOptions(a.per_class, a.val_per_class, a.size, a.task, a.format, a.seed)
+    root = presets[a.preset].make_samples(a.preset, a.out, options)
     print(f"wrote {sum(1 for p in Path(root).rglob('*') if p.is_file())} files under {root}")
     return 0
 
 
 def cmd_shard(argv: list[str]) -> int:
     """Convert a config's training and validation data into streaming shards (litdata), once."""
-    from maekit.datasets.shards import cmd_shard as run
-
-    return run(argv)
-
-
-def cmd_predict_scene(argv: list[str]) -> int:
-    """Predict whole GeoTIFF scenes with a fine-tuned segmentation checkpoint (tiled, blended)."""
-    from maekit.finetune.tiled import cmd_predict_scene as run
-
-    return run(argv)
-
-
-def cmd_embed_points(argv: list[str]) -> int:
-    """Per-point embeddings of a large point-cloud scene, in overlapping chunks, as PLY."""
-    from maekit.finetune.point_scene import cmd_embed_points as run
-
-    return run(argv)
-
-
-def cmd_nerf_grid(argv: list[str]) -> int:
-    """Turn coloured meshes / point clouds into NeRF-MAE `.npz` radiance grids (see
-    `maekit.datasets.nerf_samples.cmd_nerf_grid`)."""
-    from maekit.datasets.nerf_samples import cmd_nerf_grid as run
+    from maekit.data.shards import cmd_shard as run
 
     return run(argv)
 
@@ -252,7 +204,7 @@ def cmd_nerf_grid(argv: list[str]) -> int:
 def cmd_stats(argv: list[str]) -> int:
     """Per-band mean/std (in physical units) of a config's training data, printed as YAML to
     paste under the adapter's init_args (or written with --out)."""
-    from maekit.datasets.stats import band_statistics
+    from maekit.domains.multispectral.stats import band_statistics
 
     p = argparse.ArgumentParser(prog="maekit stats", description=cmd_stats.__doc__)
     p.add_argument("-c", "--config", required=True)
@@ -346,9 +298,17 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
-                  "nerf-grid": cmd_nerf_grid, "shard": cmd_shard, "predict-scene": cmd_predict_scene,
-                  "embed-points": cmd_embed_points, "export": cmd_export, "weights": cmd_weights,
-                  "probe": cmd_probe}
+                  "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe}
+
+
+def _commands() -> dict[str, Any]:
+    """The kit's commands plus those registered by domains (`maekit nerf-grid`, `predict-scene`...)."""
+    from maekit.domains.registry import commands, load
+
+    found: dict[str, Any] = dict(EXTRA_COMMANDS)
+    for name, path in commands().items():
+        found[name] = lambda argv, path=path: load(path)(argv)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_overview())
-        print("commands: " + ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]))
+        print("commands: " + ", ".join([*LIGHTNING_COMMANDS, *_commands()]))
         return 0
     try:
-        if argv[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[argv[0]](argv[1:])
+        extra = _commands() if argv[0] not in LIGHTNING_COMMANDS else {}
+        if argv[0] in extra:
+            return extra[argv[0]](argv[1:])
         from maekit.strategies import register_strategies
 
         register_strategies()  # --trainer.strategy fsdp_blocks

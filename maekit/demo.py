@@ -19,9 +19,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from maekit.datasets import ChipDataModule
-from maekit.datasets.samples import make_chip_dataset
-from maekit.domains import MultispectralAdapter
+from maekit.domains.multispectral import ChipDataModule
+from maekit.domains.multispectral.samples import make_chip_dataset
+from maekit.domains.multispectral import MultispectralAdapter
 from maekit.finetune import ClassificationTask
 from maekit.pretrain import MAEPretrainModule
 

@@ -15,10 +15,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from maekit.datasets import VolumeDataModule
-from maekit.datasets.medical_samples import make_brats_dataset
+from maekit.domains.volume import VolumeDataModule
+from maekit.domains.volume.samples import make_brats_dataset
 from maekit.demo_common import quiet, quiet_trainer
-from maekit.domains import VolumeAdapter
+from maekit.domains.volume import VolumeAdapter
 from maekit.finetune import VolumeSegmentationTask
 from maekit.pretrain import GroupDirichletMasking, MAEPretrainModule
 

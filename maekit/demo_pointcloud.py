@@ -16,8 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from maekit.datasets.pointcloud import PointCloudDataModule
-from maekit.datasets.pointcloud_samples import make_pointcloud_dataset
+from maekit.domains.pointcloud import PointCloudDataModule
+from maekit.domains.pointcloud.samples import make_pointcloud_dataset
 from maekit.demo_common import quiet, quiet_trainer
 from maekit.domains.pointcloud import PointCloudAdapter
 from maekit.finetune.frozen import FrozenFeatureEvaluation

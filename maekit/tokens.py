@@ -1,14 +1,20 @@
 """The common currency of the kit: every domain turns its batches into `Tokens`.
 
 The shared engine (masking, encoder, decoder, losses) only ever sees `Tokens` and the
-`DomainAdapter` interface below, so it never imports a domain.
+`DomainAdapter` interface below, so it never imports a domain. What only some adapters can do
+is declared as `Protocol`s (`PatchGridAdapter`-like grids, named channels, datamodule hooks,
+point groups); the engine checks for them with `isinstance`, never by probing attribute names.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import importlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -69,8 +75,40 @@ class DomainAdapter(nn.Module, ABC):
     """Everything domain-specific between a native batch and the shared engine.
 
     An adapter is built for an embedding width with `build(embed_dim)` (the engine calls it, so
-    configs name the width once, on the backbone).
+    configs name the width once, on the backbone). The arguments it was constructed with are
+    recorded in `init_args` automatically (see `__init_subclass__`), which is what `config()`
+    writes into checkpoints and exported folders.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the subclass's `__init__` so that the outermost constructor call records its
+        bound arguments (defaults filled in) as `init_args`."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: DomainAdapter, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self).__init__ is recording_init:  # the concrete class's own constructor
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                recorded: dict[str, Any] = {}
+                for i, (name, value) in enumerate(bound.arguments.items()):
+                    kind = signature.parameters[name].kind
+                    if i == 0:
+                        continue  # self
+                    if kind is inspect.Parameter.VAR_KEYWORD:
+                        recorded.update(value)
+                    elif kind is inspect.Parameter.VAR_POSITIONAL:
+                        raise TypeError(f"{cls.__name__}.__init__ takes *{name}: adapters take named arguments")
+                    else:
+                        recorded[name] = value
+                self.init_args = copy.deepcopy(recorded)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
 
     #: number of distinct values of `Tokens.group` (band groups, modalities, body parts)
     num_groups: int
@@ -143,15 +181,68 @@ class DomainAdapter(nn.Module, ABC):
         """Names (relative to the adapter) of parameters that take no weight decay."""
         return set()
 
-    #: the arguments the adapter was built with (set by each adapter), for exported configs
+    #: the arguments the adapter was constructed with (recorded automatically), for exported configs
     init_args: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         """`class_path` + `init_args` that rebuild this adapter (Lightning CLI form), and the
         names of its channels under their kind (`bands`, `modalities`) when it has them."""
-        cls = type(self)
-        out: dict[str, Any] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.init_args)}
-        channels = getattr(self, "channels", None)
-        if channels:
-            out[f"{getattr(self, 'channel_kind', 'channel')}s"] = list(channels)
+        out: dict[str, Any] = {"class_path": class_path(type(self)), "init_args": copy.deepcopy(self.init_args)}
+        if isinstance(self, NamedChannels) and self.channels:
+            out[f"{self.channel_kind}s"] = list(self.channels)
         return out
+
+
+def class_path(cls: type) -> str:
+    """The one spelling of a class in configs: its package's (`maekit.domains.volume.VolumeAdapter`)
+    when the package re-exports it, its module's otherwise."""
+    package = cls.__module__.rpartition(".")[0]
+    if package and cls.__name__ in getattr(importlib.import_module(package), "__all__", ()):
+        return f"{package}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# ---------------------------------------------------------------------------- optional capabilities
+@runtime_checkable
+class NamedChannels(Protocol):
+    """An adapter whose input channels have names (bands, modalities, per-point channels)."""
+
+    channels: list[str]
+    #: what a channel is called in configs and model cards: "band", "modality", "channel"
+    channel_kind: str
+
+
+@runtime_checkable
+class GridAdapter(Protocol):
+    """An adapter of patches on a regular 2D/3D grid: dense heads put tokens back in place."""
+
+    patch_size: int
+    spatial_dims: int
+
+    def to_grid(self, values: Tensor, tokens: Tokens) -> Tensor:
+        """(B, C, *grid) from per-token (B, N, C) values of one group's grid."""
+        ...
+
+
+@runtime_checkable
+class ConnectsDatamodule(Protocol):
+    """An adapter that reads settings from the datamodule it is trained with (e.g. which
+    per-point channels the data delivers) before training starts."""
+
+    def connect_datamodule(self, datamodule: Any) -> None:
+        ...
+
+
+@runtime_checkable
+class PointGroups(Protocol):
+    """An adapter of point groups: clouds need at least `min_points` points."""
+
+    min_points: int
+
+
+@runtime_checkable
+class ScaledInput(Protocol):
+    """An adapter that maps raw values to physical units (`x * scale + offset`) before normalising."""
+
+    scale: Tensor
+    offset: Tensor

@@ -259,7 +259,7 @@ def test_cli_shards_a_config_then_trains_from_the_shards(chips: Path, tmp_path: 
     assert cmd_shard(["-c", str(config), "--out", str(out), "--data.root", str(chips), "--data.crop_size", "16",
                       "--data.batch_size", "4"]) == 0
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["datamodule"] == "maekit.datasets.chips.ChipDataModule"
+    assert manifest["datamodule"] == "maekit.domains.multispectral.datamodule.ChipDataModule"
     assert manifest["splits"]["train"]["finish"]["crop_size"] == 16
     code = main(["fit", "-c", str(REPO / "configs" / "naip" / "pretrain_shards.yaml"),
                  "--data.root", str(out), "--data.batch_size", "4", "--data.num_workers", "0",

@@ -1,11 +1,17 @@
-"""Domain adapters: one per data type, each turning native batches into `Tokens`."""
+"""Domains: one package per data type (adapter, readers, datamodule, samples), registered in
+`maekit.domains.registry`. Names are re-exported lazily (old class paths such as
+`maekit.domains.MultispectralAdapter` keep working without importing every domain)."""
 
-from maekit.domains.multispectral import MultispectralAdapter
-from maekit.domains.nerf import NerfAdapter
-from maekit.domains.patches import PatchGridAdapter
-from maekit.domains.pointcloud import PointCloudAdapter
-from maekit.domains.skeleton import SkeletonAdapter, Topology
-from maekit.domains.volume import VolumeAdapter
+from maekit.lazy import lazy_exports
 
+__getattr__ = lazy_exports(__name__, {
+    "MultispectralAdapter": "maekit.domains.multispectral.adapter",
+    "NerfAdapter": "maekit.domains.nerf.adapter",
+    "PatchGridAdapter": "maekit.domains.patches",
+    "PointCloudAdapter": "maekit.domains.pointcloud.adapter",
+    "SkeletonAdapter": "maekit.domains.skeleton.adapter",
+    "Topology": "maekit.domains.skeleton.spec",
+    "VolumeAdapter": "maekit.domains.volume.adapter",
+})
 __all__ = ["MultispectralAdapter", "NerfAdapter", "PatchGridAdapter", "PointCloudAdapter", "SkeletonAdapter", "Topology",
            "VolumeAdapter"]

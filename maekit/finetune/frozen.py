@@ -52,7 +52,7 @@ class FrozenFeatureEvaluation(EncoderTask):
         folds: int = 10,
         seed: int = 0,
     ) -> None:
-        super().__init__(adapter, size, pretrained, freeze_encoder=True, class_token=class_token)
+        super().__init__(adapter, size=size, pretrained=pretrained, freeze_encoder=True, class_token=class_token)
         self.save_hyperparameters(ignore=["adapter"])
         self.automatic_optimization = False
         self._features: dict[str, list[tuple[Tensor, Tensor]]] = {"train": [], "val": []}

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from maekit.backbones import SizeName
 from maekit.errors import ConfigError
 from maekit.finetune.tasks import EncoderTask
-from maekit.tokens import DomainAdapter
+from maekit.tokens import DomainAdapter, GridAdapter
 
 
 def upsampling_factors(patch_size: int) -> list[int]:
@@ -110,7 +110,8 @@ class VolumeSegmentationTask(EncoderTask):
         roi_size: training crop; also the sliding window for whole-volume validation/prediction.
         overlap: sliding-window overlap.
         feature_size: UNETR decoder channels at full resolution.
-        (the rest as in `EncoderTask`; the adapter must be a 3D grid adapter, e.g. `VolumeAdapter`)
+        encoder: the other arguments of `EncoderTask`, by name (the adapter must be a 3D
+            `GridAdapter`, e.g. `VolumeAdapter`).
     """
 
     target_key = "mask"
@@ -121,23 +122,16 @@ class VolumeSegmentationTask(EncoderTask):
         num_classes: int,
         roi_size: list[int] | None = None,
         size: SizeName = "base",
-        pretrained: str | None = None,
-        freeze_encoder: bool = False,
         lr: float = 1e-4,
-        layer_decay: float = 0.75,
-        drop_path: float = 0.1,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_epochs: float = 1.0,
         overlap: float = 0.5,
         feature_size: int = 16,
+        **encoder: Any,
     ) -> None:
-        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path, weight_decay,
-                         betas, warmup_epochs)
+        super().__init__(adapter, size=size, lr=lr, **encoder)
         self.save_hyperparameters(ignore=["adapter"])
-        patch = getattr(adapter, "patch_size", None)
-        if getattr(adapter, "spatial_dims", None) != 3 or not isinstance(patch, int):
+        if not isinstance(adapter, GridAdapter) or adapter.spatial_dims != 3:
             raise ConfigError(f"{type(adapter).__name__} is not a 3D patch adapter")
+        patch = adapter.patch_size
         self.roi_size = list(roi_size or [96, 96, 96])
         self.blocks = UNETRDecoder.skip_blocks(self.encoder.depth, patch)
         self.head = UNETRDecoder(len(adapter.channels), self.width, patch, num_classes, feature_size)  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from maekit.finetune.heads import Pooling, PooledClassifier, UpsamplingDecoder
 from maekit.guards import LossGuard
 from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
 from maekit.seeding import seed_training_batch
-from maekit.tokens import DomainAdapter, Tokens
+from maekit.tokens import ConnectsDatamodule, DomainAdapter, GridAdapter, Tokens
 from maekit.weights.loading import load_encoder
 
 
@@ -52,6 +52,11 @@ class EncoderTask(LossGuard, L.LightningModule):
         class_token: bool = False,
     ) -> None:
         super().__init__()
+        #: the encoder arguments, defaults filled in (saved with every task's hyperparameters)
+        self.encoder_args: dict[str, Any] = {
+            "size": size, "pretrained": pretrained, "freeze_encoder": freeze_encoder, "lr": lr,
+            "layer_decay": layer_decay, "drop_path": drop_path, "weight_decay": weight_decay, "betas": betas,
+            "warmup_epochs": warmup_epochs, "class_token": class_token}
         spec = SIZES[size]
         self.adapter = adapter
         adapter.build(spec.width)
@@ -67,11 +72,20 @@ class EncoderTask(LossGuard, L.LightningModule):
                 part.requires_grad_(False)
         self._parameter_ranks: dict[str, int] | None = None
 
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's `save_hyperparameters` from the calling task's `__init__`, plus every
+        encoder argument it did not name (a task takes them as `**encoder`)."""
+        import inspect
+
+        caller = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, ignore=ignore, frame=caller, logger=logger)
+        for name, value in self.encoder_args.items():
+            self.hparams.setdefault(name, value)
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        connect = getattr(self.adapter, "connect_datamodule", None)
-        if datamodule is not None and connect is not None:
-            connect(datamodule)
+        if datamodule is not None and isinstance(self.adapter, ConnectsDatamodule):
+            self.adapter.connect_datamodule(datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the encoder for `maekit export`."""
@@ -166,34 +180,26 @@ class ClassificationTask(EncoderTask):
             `class_token`), or `cls+max` / `cls+mean` (concatenated, Point-MAE).
         hidden: widths of hidden layers of the head (Point-MAE: [256, 256]); [] is linear.
         dropout: dropout before each head layer.
-        (the rest as in `EncoderTask`)
+        encoder: the encoder arguments of `EncoderTask` (size, pretrained, freeze_encoder, lr...),
+            by name.
     """
 
     def __init__(
         self,
         adapter: DomainAdapter,
         num_classes: int,
-        size: SizeName = "tiny",
-        pretrained: str | None = None,
-        freeze_encoder: bool = False,
-        lr: float = 1e-3,
-        layer_decay: float = 0.75,
-        drop_path: float = 0.1,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_epochs: float = 1.0,
-        class_token: bool = False,
         label_smoothing: float = 0.0,
         pooling: Pooling = "mean",
         hidden: list[int] | None = None,
         dropout: float = 0.0,
+        **encoder: Any,
     ) -> None:
-        if pooling.startswith("cls") and not class_token:
+        if pooling.startswith("cls") and not encoder.get("class_token", False):
             raise ConfigError(f"pooling {pooling!r} needs model.class_token: true")
-        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
-                         weight_decay, betas, warmup_epochs, class_token)
+        super().__init__(adapter, **encoder)
         self.save_hyperparameters(ignore=["adapter"])
-        self.head = PooledClassifier(self.width, num_classes, probe=freeze_encoder, dropout=dropout,
+        probe = self.encoder_args["freeze_encoder"]
+        self.head = PooledClassifier(self.width, num_classes, probe=probe, dropout=dropout,
                                      pooling=pooling, hidden=hidden or [])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         metrics = torchmetrics.MetricCollection({
@@ -231,32 +237,22 @@ class SegmentationTask(EncoderTask):
     Args:
         num_classes: number of classes.
         ignore_index: label value excluded from loss and metrics (e.g. nodata).
-        (the rest as in `EncoderTask`; the adapter must have `to_grid` and a `patch_size`)
+        encoder: the encoder arguments of `EncoderTask`, by name (the adapter must be a 2D
+            `GridAdapter`).
     """
 
     def __init__(
         self,
         adapter: DomainAdapter,
         num_classes: int,
-        size: SizeName = "tiny",
-        pretrained: str | None = None,
-        freeze_encoder: bool = False,
-        lr: float = 1e-3,
-        layer_decay: float = 0.75,
-        drop_path: float = 0.1,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_epochs: float = 1.0,
-        class_token: bool = False,
         ignore_index: int = 255,
+        **encoder: Any,
     ) -> None:
-        super().__init__(adapter, size, pretrained, freeze_encoder, lr, layer_decay, drop_path,
-                         weight_decay, betas, warmup_epochs, class_token)
+        super().__init__(adapter, **encoder)
         self.save_hyperparameters(ignore=["adapter"])
-        patch = getattr(adapter, "patch_size", None)
-        if not isinstance(patch, int):
-            raise ConfigError(f"{type(adapter).__name__} has no 2D patch size for segmentation")
-        self.head = UpsamplingDecoder(self.width, num_classes, patch)
+        if not isinstance(adapter, GridAdapter) or adapter.spatial_dims != 2:
+            raise ConfigError(f"{type(adapter).__name__} is not a 2D patch-grid adapter, which segmentation needs")
+        self.head = UpsamplingDecoder(self.width, num_classes, adapter.patch_size)
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
         metrics = torchmetrics.MetricCollection({
             "miou": torchmetrics.classification.MulticlassJaccardIndex(num_classes, ignore_index=ignore_index),
@@ -268,7 +264,7 @@ class SegmentationTask(EncoderTask):
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         tokens, x = self.encode(batch)
-        return self.head(self.adapter.to_grid(x, tokens))  # type: ignore[operator]
+        return self.head(self.adapter.to_grid(x, tokens))  # type: ignore[attr-defined]  # checked in __init__
 
     target_key = "mask"
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from maekit.datasets.raster import write_like
 from maekit.files import run_output_dir, write_text_atomic
 
 
@@ -52,6 +51,8 @@ class PredictionWriter(BasePredictionWriter):
                 self._rows.append([str(path), name, *(f"{v:.6f}" for v in p)])
         elif isinstance(prediction, torch.Tensor) and prediction.dim() == 3:
             for path, labels in zip(paths, prediction.cpu().numpy().astype(np.uint8)):
+                from maekit.domains.multispectral.readers import write_like  # GeoTIFF masks: the geo extra
+
                 write_like(path, labels[None], self.output_dir / f"{Path(path).stem}_pred.tif")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,7 +17,7 @@ from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
 from maekit.seeding import seed_training_batch
-from maekit.tokens import DomainAdapter
+from maekit.tokens import ConnectsDatamodule, DomainAdapter, GridAdapter
 
 
 class MAEPretrainModule(LossGuard, L.LightningModule):
@@ -77,9 +77,8 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        connect = getattr(self.adapter, "connect_datamodule", None)
-        if datamodule is not None and connect is not None:
-            connect(datamodule)
+        if datamodule is not None and isinstance(self.adapter, ConnectsDatamodule):
+            self.adapter.connect_datamodule(datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilds the model (adapter, sizes, masking-free) for `maekit export`."""
@@ -116,9 +115,9 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         (masked, or absent such as a missing modality) as predicted. Images whose size is not a
         multiple of the patch are padded for the model and cropped back."""
         image = batch.get("image")
-        patch = getattr(self.adapter, "patch_size", None)
+        patch = self.adapter.patch_size if isinstance(self.adapter, GridAdapter) else None
         spatial = tuple(image.shape[2:]) if image is not None else ()
-        if isinstance(patch, int) and image is not None:
+        if patch is not None and image is not None:
             pads = [(-s) % patch for s in spatial]
             if any(pads):
                 spec = [v for p in reversed(pads) for v in (0, p)]

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from maekit.files import atomic_output, run_output_dir
+from maekit.tokens import NamedChannels
 
 
 class VolumeReconstructionWriter(BasePredictionWriter):
@@ -43,7 +44,8 @@ class VolumeReconstructionWriter(BasePredictionWriter):
 
         recon = prediction["reconstruction"].float().cpu()
         present = batch["modality_present"].cpu()
-        modalities = list(getattr(pl_module.adapter, "channels", []))
+        adapter = pl_module.adapter
+        modalities = list(adapter.channels) if isinstance(adapter, NamedChannels) else []
         names = batch.get("case") or [f"case_{batch_idx}_{i}" for i in range(recon.shape[0])]
         affines = batch.get("affine")
         sources = batch.get("source")

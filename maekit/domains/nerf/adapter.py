@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from maekit.datasets.nerf import NERF_CHANNELS
+from maekit.domains.nerf.spec import NERF_CHANNELS
 from maekit.domains.patches import PatchGridAdapter
 from maekit.errors import ConfigError
 from maekit.tokens import Tokens
@@ -42,7 +42,7 @@ class VoxelTokens(Tokens):
 
 
 class NerfAdapter(PatchGridAdapter):
-    """Adapter for (B, 4, X, Y, Z) grids of [r, g, b, alpha] (see `maekit.datasets.nerf`).
+    """Adapter for (B, 4, X, Y, Z) grids of [r, g, b, alpha] (see `maekit.domains.nerf.readers`).
 
     The batch may carry `valid` (B, X, Y, Z) bool, False on padding.
 
@@ -67,7 +67,6 @@ class NerfAdapter(PatchGridAdapter):
         position: Literal["sincos", "learned"] = "sincos",
         max_grid: int = 64,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__(NERF_CHANNELS, [NERF_CHANNELS], patch_size, 3, None, norm_pix_loss=False, loss="mse",
                          position=position, max_grid=max_grid)
         if rgb_weight < 0 or alpha_weight < 0 or rgb_weight + alpha_weight == 0:
@@ -75,7 +74,6 @@ class NerfAdapter(PatchGridAdapter):
         self.alpha_threshold, self.rgb_weight, self.alpha_weight = alpha_threshold, rgb_weight, alpha_weight
         self.alpha_activation = alpha_activation
         self.voxels = patch_size**3
-        self.init_args = args
 
     def prepare(self, batch: dict[str, Any]) -> Tensor:
         image = batch["image"]

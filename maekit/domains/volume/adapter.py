@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from maekit.domains.patches import PatchGridAdapter
+from maekit.domains.volume.spec import BRATS_MODALITIES
 
-BRATS_MODALITIES = ["t1", "t1ce", "t2", "flair"]
 
 
 class VolumeAdapter(PatchGridAdapter):
@@ -43,11 +43,9 @@ class VolumeAdapter(PatchGridAdapter):
         position: Literal["sincos", "learned"] = "sincos",
         max_grid: int = 32,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         names = list(modalities) if modalities is not None else list(BRATS_MODALITIES)
         super().__init__(names, [[m] for m in names], patch_size, 3, input_modalities, norm_pix_loss, loss,
                          position, max_grid)
-        self.init_args = args
 
     @property
     def modalities(self) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from maekit.backbones import sincos_embedding
-from maekit.domains.point_ops import chamfer_l2, group_points
+from maekit.domains.pointcloud.ops import chamfer_l2, group_points
 from maekit.errors import ConfigError
 from maekit.tokens import DomainAdapter, Tokens
 
@@ -68,8 +68,6 @@ class PointCloudAdapter(DomainAdapter):
         self.point_channels = 3 + len(self.channels)
         self.position_every_block = position_every_block
         self.token_size = group_size * 3
-        self.init_args = {"groups": groups, "group_size": group_size, "channels": self.channels,
-                          "position_every_block": position_every_block}
 
     @property
     def min_points(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from maekit.datasets.bands import get_preset
+from maekit.domains.multispectral.spec import get_preset
 from maekit.domains.patches import PatchGridAdapter
 from maekit.errors import ConfigError
 
@@ -61,7 +61,6 @@ class MultispectralAdapter(PatchGridAdapter):
         position: Literal["sincos", "learned"] = "sincos",
         max_grid: int = 64,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         p = get_preset(preset) if preset else None
         names = list(bands if bands is not None else (p.bands if p else []))
         if not names:
@@ -85,7 +84,6 @@ class MultispectralAdapter(PatchGridAdapter):
         self.register_buffer("offset", stat(offset, p.offset if p else None, 0.0, "offset"))
         if bool((self.std <= 0).any()):
             raise ConfigError(f"std must be positive for every band, got {self.std.tolist()}")
-        self.init_args = args
         self.rgb = list(rgb) if rgb is not None else (list(p.rgb) if from_preset else names[:3])  # type: ignore[union-attr]
 
     @property

@@ -220,6 +220,9 @@ def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, 
         from maekit.weights.hub import _build_adapter
 
         source = _build_adapter(source_spec)
+        if getattr(target, "names_pending", False) and len(source.channels) == len(target.channels):  # type: ignore[attr-defined]
+            # channels given as a count (named by the data later) take the names of the weights
+            target.adopt_names(source.channels)  # type: ignore[union-attr]
         if source.groups != target.groups or source.channels != target.channels:  # type: ignore[attr-defined]
             state = _remap_groups(state, own, source, target, notes)
     if notes:

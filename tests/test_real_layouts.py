@@ -305,3 +305,127 @@ def test_real_eurosat_rgb_loads_for_classification_and_pretraining() -> None:
     assert len(pre.datasets["train"]) + len(pre.datasets["val"]) == 2000
     with pytest.raises(DataError, match=r"is 64x64, smaller than crop_size 96"):
         ChipDataModule(root, preset="rgb", crop_size=96).setup("fit")
+
+
+# ---------------------------------------------------------------------------------- skeletons
+def _msr(tmp_path: Path, **kw: object) -> Path:
+    from maekit.domains.skeleton.samples import make_msr_dataset
+
+    return make_msr_dataset(tmp_path / "msr", **{"subjects": (1, 2, 3, 4), "executions": 1, "frames": 16, **kw})
+
+
+def test_msr_action3d_text_reads_with_kinect20_and_the_cross_subject_split(tmp_path: Path) -> None:
+    from maekit.domains.skeleton import SkeletonDataModule
+    from maekit.domains.skeleton.readers import read_msr_file
+
+    rng = np.random.default_rng()
+    frames = int(rng.integers(3, 9))
+    xyz = rng.normal(size=(frames, 20, 3)).astype(np.float32)
+    rows = np.concatenate([xyz, rng.uniform(0, 1, (frames, 20, 1))], -1).reshape(-1, 4)
+    path = tmp_path / "a05_s07_e02_skeleton3D.txt"
+    path.write_text("\n".join(" ".join(f"{v:.7f}" for v in r) for r in rows) + "\n")
+    x = read_msr_file(path)
+    assert x.shape == (3, frames, 20, 1)
+    np.testing.assert_allclose(x[..., 0], xyz.transpose(2, 0, 1), atol=1e-6)  # joint-major lines, xyz kept
+
+    root = _msr(tmp_path)
+    dm = SkeletonDataModule(str(root), frames=12, persons=1)
+    dm.setup("fit")
+    assert dm.topology is not None and dm.topology.name == "kinect20" and dm.topology.num_joints == 20
+    subject = {s.name: int(s.name.split("_s")[1][:2]) for split in dm.datasets.values() for s in split.samples}
+    assert {subject[s.name] for s in dm.datasets["train"].samples} == {1, 3}
+    assert {subject[s.name] for s in dm.datasets["val"].samples} == {2, 4}
+    assert dm.classes == ["a01", "a02", "a03", "a04"]
+    item = dm.datasets["val"][0]
+    assert item["skeleton"].shape == (3, 12, 20, 1) and int(item["label"]) == 0
+
+
+@pytest.mark.parametrize("bad", ["zeros", "count", "nan", "frames"])
+def test_bad_msr_sequences_fail_at_setup_or_are_skipped_and_listed(bad: str, tmp_path: Path) -> None:
+    from maekit.domains.skeleton import SkeletonDataModule
+
+    root = _msr(tmp_path)
+    good = (root / "a02_s03_e01_skeleton3D.txt").read_text().splitlines()
+    broken = {"zeros": ["0 0 0 0"] * 40,
+              "count": good[:5] + [" ".join(good[5].split()[:3])] + good[6:],
+              "nan": good[:7] + ["nan 0.1 0.2 1"] + good[8:],
+              "frames": good[:-3]}[bad]
+    target = root / "a02_s03_e01_skeleton3D.txt"
+    target.write_text("\n".join(broken) + "\n")
+    expected = {"zeros": "every coordinate", "count": "line 6 has 3 values", "nan": "line 8: NaN",
+                "frames": "not a whole number of frames"}[bad]
+    with pytest.raises(DataError, match=rf"a02_s03_e01_skeleton3D.txt: .*{expected}.*skip_invalid"):
+        SkeletonDataModule(str(root), frames=12, persons=1).setup("fit")  # at setup, not in an epoch
+    dm = SkeletonDataModule(str(root), frames=12, persons=1, skip_invalid=True)
+    notes = _setup(dm)
+    assert [n for n, _ in dm.skipped] == ["a02_s03_e01"] and any("a02_s03_e01" in n for n in notes)
+    assert "a02_s03_e01" not in [s.name for split in dm.datasets.values() for s in split.samples]
+    assert all(dm.datasets["train"][i]["skeleton"].isfinite().all() for i in range(len(dm.datasets["train"])))
+
+
+def test_the_topology_named_on_the_adapter_reaches_the_datamodule(tmp_path: Path) -> None:
+    import lightning as L
+
+    from maekit.domains.skeleton import SkeletonAdapter, SkeletonDataModule
+    from maekit.domains.skeleton.spec import KINECT20
+    from maekit.pretrain import MAEPretrainModule
+
+    root = _msr(tmp_path)
+    # a custom 20-joint mapping (joints renamed, two parts): the datamodule has to take it from the model
+    custom = {"name": "mine", "joints": [f"j{i}" for i in range(20)], "centre": "j3",
+              "parts": {"upper": [f"j{i}" for i in range(12)], "lower": [f"j{i}" for i in range(12, 20)]}}
+    model = MAEPretrainModule(SkeletonAdapter(custom, persons=1), size="nano", decoder_width=32, decoder_depth=1,
+                              decoder_heads=2)
+    dm = SkeletonDataModule(str(root), frames=12, persons=1, batch_size=2)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, dm)
+    assert dm.topology is not None and dm.topology.name == "mine" and dm.topology.centre == "j3"
+    mismatch = SkeletonDataModule(str(root), topology="ntu25", frames=12, persons=1)
+    model = MAEPretrainModule(SkeletonAdapter(KINECT20.name, persons=1), size="nano", decoder_width=32,
+                              decoder_depth=1, decoder_heads=2)
+    with pytest.raises(ConfigError, match="'ntu25' .* differs from the model adapter's 'kinect20'"):
+        L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False).fit(model, mismatch)
+
+
+def test_kinect20_config_pretrains_on_msr_files_with_a_bad_one_skipped(tmp_path: Path) -> None:
+    root = _msr(tmp_path, frames=20)
+    (root / "a03_s01_e01_skeleton3D.txt").write_text("0 0 0 0\n" * 60)  # as one real MSR sequence is
+    assert main(["fit", "-c", str(REPO / "configs" / "skeleton" / "pretrain_kinect20.yaml"), "--data.root", str(root),
+                 "--data.frames", "16", "--data.batch_size", "2", "--data.num_workers", "0", *TINY_MODEL,
+                 *TINY_DECODER, *CPU_TRAINER, "--trainer.max_epochs", "1", "--model.figure_every_n_epochs", "0",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 0
+    losses = _metrics(tmp_path / "runs" / "skeleton_pretrain_kinect20" / "version_0" / "metrics.csv", "train/loss_epoch")
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
+# ------------------------------------------------------------------------------- point clouds
+def test_small_objects_are_refused_by_default_and_repeated_when_asked(tmp_path: Path) -> None:
+    from maekit.domains.pointcloud import PointCloudDataModule
+
+    rng = np.random.default_rng()
+    counts = {}
+    for cls in ("tree", "pole"):
+        for i in range(3):
+            n = int(rng.integers(70, 130))  # DALES-like objects of ~100 points
+            path = tmp_path / "dales" / "train" / cls / f"{cls}_{i}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, rng.normal(size=(n, 3)).astype(np.float32))
+            counts[str(path)] = n
+    num_points = int(rng.integers(150, 300))
+    dm = PointCloudDataModule(str(tmp_path / "dales"), task="classification", num_points=num_points, min_points=32,
+                              val_fraction=0.34, augment=[])
+    dm.setup("fit")
+    with pytest.raises(DataError, match=rf"_\d\.npy: has \d+ points, fewer than the {num_points} needed.*"
+                                        "resample_small: repeat"):
+        dm.datasets["train"][0]
+    dm = PointCloudDataModule(str(tmp_path / "dales"), task="classification", num_points=num_points, min_points=32,
+                              val_fraction=0.34, augment=[], resample_small="repeat")
+    dm.setup("fit")
+    for split in dm.datasets.values():
+        for i in range(len(split)):
+            item = split[i]
+            assert item["points"].shape == (num_points, 3)
+            assert len(torch.unique(item["points"], dim=0)) == counts[item["path"]]  # every point kept, some twice
+    with pytest.raises(ConfigError, match="resample_small must be 'error' or 'repeat'"):
+        PointCloudDataModule(str(tmp_path / "dales"), resample_small="pad")  # type: ignore[arg-type]

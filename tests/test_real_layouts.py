@@ -375,17 +375,18 @@ def test_the_topology_named_on_the_adapter_reaches_the_datamodule(tmp_path: Path
     custom = {"name": "mine", "joints": [f"j{i}" for i in range(20)], "centre": "j3",
               "parts": {"upper": [f"j{i}" for i in range(12)], "lower": [f"j{i}" for i in range(12, 20)]}}
     model = MAEPretrainModule(SkeletonAdapter(custom, persons=1), size="nano", decoder_width=32, decoder_depth=1,
-                              decoder_heads=2)
+                              decoder_heads=2, figure_every_n_epochs=0)
     dm = SkeletonDataModule(str(root), frames=12, persons=1, batch_size=2)
     trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(model, dm)
     assert dm.topology is not None and dm.topology.name == "mine" and dm.topology.centre == "j3"
     mismatch = SkeletonDataModule(str(root), topology="ntu25", frames=12, persons=1)
     model = MAEPretrainModule(SkeletonAdapter(KINECT20.name, persons=1), size="nano", decoder_width=32,
-                              decoder_depth=1, decoder_heads=2)
+                              decoder_depth=1, decoder_heads=2, figure_every_n_epochs=0)
     with pytest.raises(ConfigError, match="'ntu25' .* differs from the model adapter's 'kinect20'"):
-        L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False).fit(model, mismatch)
+        L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                  default_root_dir=str(tmp_path)).fit(model, mismatch)
 
 
 def test_kinect20_config_pretrains_on_msr_files_with_a_bad_one_skipped(tmp_path: Path) -> None:

@@ -258,9 +258,8 @@ def test_bad_skeleton_inputs_name_the_file(tmp_path: Path, skeletons: Path) -> N
         read_array_file(tmp_path / "wide.npz", NTU25)
     np.savez(tmp_path / "zeros.npz", x_train=np.zeros((2, 10, 150), np.float32), y_train=np.array([0, 1]))
     dm = SkeletonDataModule(str(tmp_path / "zeros.npz"), frames=8, val_fraction=0.0)
-    dm.setup("fit")
     with pytest.raises(DataError, match=r"zeros\.npz\[0\]: has zero valid frames"):
-        dm.datasets["train"][0]
+        dm.setup("fit")  # every sequence is checked at setup, not when its batch comes up
     (tmp_path / "nothing_here").mkdir()
     with pytest.raises(DataError, match=r"nothing_here: holds no \.skeleton files"):
         SkeletonDataModule(str(tmp_path / "nothing_here")).setup("fit")

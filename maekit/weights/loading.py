@@ -222,6 +222,9 @@ def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, 
     source_spec = (config or {}).get("adapter")
     if source_spec and isinstance(getattr(target, "groups", None), list) and hasattr(target, "channels"):  # grouped channels
         source = build_adapter(source_spec)
+        # channels given as a count (named by the data later) take the names of the weights
+        if getattr(target, "names_pending", False) and len(source.channels) == len(target.channels):  # type: ignore
+            target.adopt_names(source.channels)  # type: ignore[union-attr]
         if source.groups != target.groups or source.channels != target.channels:  # type: ignore[attr-defined]
             state = _remap_groups(state, own, source, target, notes)
     return state

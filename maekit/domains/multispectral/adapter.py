@@ -18,7 +18,7 @@ from maekit.domains.multispectral.spec import get_preset
 from maekit.domains.patches import PatchGridAdapter
 from maekit.errors import ConfigError
 
-PresetName = Literal["naip", "sentinel2", "toa"]
+PresetName = Literal["naip", "sentinel2", "toa", "rgb"]
 
 
 class MultispectralAdapter(PatchGridAdapter):

@@ -1,4 +1,4 @@
-"""Datasets and a LightningDataModule for folders of image chips (GeoTIFF, .npy, .npz).
+"""Datasets and a LightningDataModule for folders of image chips (GeoTIFF, .npy, .npz, JPEG/PNG).
 
 Layouts (the ones EuroSAT, FireRisk and most chip exports use):
 - pretraining: every chip file below `root` (or below `root/train` and `root/val`);
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from maekit.data.base import MaekitDataModule
 from maekit.domains.multispectral.spec import get_preset
-from maekit.domains.multispectral.readers import ARRAY_SUFFIXES, RASTER_SUFFIXES, read_chip
+from maekit.domains.multispectral.readers import (ARRAY_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES, chip_size,
+                                                  read_chip)
 from maekit.errors import ConfigError, DataError
 
 TaskName = Literal["pretrain", "classification", "segmentation"]
-CHIP_SUFFIXES = RASTER_SUFFIXES + ARRAY_SUFFIXES
+#: the file kinds read as chips (and named, exactly these, when a folder holds none)
+CHIP_SUFFIXES = RASTER_SUFFIXES + ARRAY_SUFFIXES + PICTURE_SUFFIXES
 
 
 def list_chips(folder: Path) -> list[Path]:
@@ -134,7 +137,10 @@ class ChipDataModule(MaekitDataModule):
         batch_size, num_workers: loader settings.
         val_fraction: share of files for validation when there is no `val` folder.
         labels_per_class: keep only this many training chips per class (a small labelled set).
-        crop_size: random crop (train) / centre crop (val) to this size.
+        crop_size: random crop (train) / centre crop (val) to this size. None: the chips' size
+            (chips used whole when they all have one size; else cropped to the smallest side,
+            with a note). Chip sizes are checked at `setup`: a crop larger than a chip is an
+            error naming the chip and its size.
         flips: random horizontal/vertical flips in training.
         nodata: overrides the files' nodata value.
         mask_nodata: hand a per-pixel validity mask to the model (default: when nodata is set).
@@ -144,7 +150,7 @@ class ChipDataModule(MaekitDataModule):
     def __init__(
         self,
         root: str,
-        preset: Literal["naip", "sentinel2", "toa"] | None = "naip",
+        preset: Literal["naip", "sentinel2", "toa", "rgb"] | None = "naip",
         file_bands: list[str] | None = None,
         bands: list[str | int] | None = None,
         task: TaskName = "pretrain",
@@ -241,6 +247,7 @@ class ChipDataModule(MaekitDataModule):
                                        f"in the {self.task} layout")
         if self.labels_per_class is not None and parts["train"][1] is not None:
             parts["train"] = self._subsample(*parts["train"])
+        self.crop_size = self._resolve_crop([f for files, _, _ in parts.values() for f in files])
         with_valid = self.mask_nodata
         if with_valid is None:
             with_valid = self.nodata is not None or self._declares_nodata(parts["train"][0][0])
@@ -250,13 +257,36 @@ class ChipDataModule(MaekitDataModule):
                 files, self.file_bands, self.requested_bands, labels, masks, self.crop_size,
                 random_crop=train, flips=train and self.flips, nodata=self.nodata, with_valid=with_valid)
 
+    def _resolve_crop(self, files: list[Path]) -> int | None:
+        """The crop size checked against every chip's size (header reads only)."""
+        sizes = {path: chip_size(path) for path in files}
+        smallest = min(sizes.items(), key=lambda kv: min(kv[1]))
+        if self.crop_size is not None:
+            if self.crop_size > min(smallest[1]):
+                small = sum(min(hw) < self.crop_size for hw in sizes.values())
+                h, w = smallest[1]
+                raise DataError(smallest[0], f"is {h}x{w}, smaller than crop_size {self.crop_size} ({small} of "
+                                             f"{len(sizes)} chips are): set crop_size to {min(h, w)} or less, or "
+                                             "leave it unset (null) to use the chips' size")
+            return self.crop_size
+        distinct = set(sizes.values())
+        if len(distinct) == 1:  # one size: chips are used whole
+            h, w = next(iter(distinct))
+            print(f"maekit: crop_size unset: the {len(sizes)} chips are {h}x{w}, used whole", file=sys.stderr)
+            return None
+        side = min(smallest[1])
+        print(f"maekit: chips under {self.root} have {len(distinct)} sizes (smallest {smallest[1][0]}x"
+              f"{smallest[1][1]}, {smallest[0].name}); crop_size unset, so they are cropped to {side}x{side}",
+              file=sys.stderr)
+        return side
+
     def _subsample(self, files: list[Path], labels: list[int], masks: Any) -> tuple[list[Path], list[int], None]:
         keep = self.per_class_subset(labels, self.labels_per_class)  # type: ignore[arg-type]
         return [files[i] for i in keep], [labels[i] for i in keep], None
 
     @staticmethod
     def _declares_nodata(path: Path) -> bool:
-        if path.suffix.lower() in ARRAY_SUFFIXES:
+        if path.suffix.lower() in ARRAY_SUFFIXES + PICTURE_SUFFIXES:  # neither kind declares nodata
             return False
         try:
             with rasterio.open(path) as src:

@@ -1,4 +1,5 @@
-"""Reading raster chips and windows with rasterio (GeoTIFF) or numpy (.npy/.npz).
+"""Reading raster chips and windows with rasterio (GeoTIFF), numpy (.npy/.npz) or Pillow
+(JPEG/PNG photos: EuroSAT RGB, UC Merced, RESISC45 are distributed that way).
 
 Every reader validates what it reads and raises one `DataError` naming the file and the problem.
 Values are returned in their stored dtype (uint8/int16/...); conversion to float happens on the
@@ -11,6 +12,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -22,6 +24,9 @@ from maekit.files import atomic_output
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 ARRAY_SUFFIXES = (".npy", ".npz")
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Pillow image modes read as they are stored: grey, RGB, RGB + alpha, 16/32-bit grey
+_PICTURE_MODES = {"L": 1, "RGB": 3, "RGBA": 4, "I;16": 1, "I": 1}
 
 # dtypes torch cannot hold are widened once here, losslessly
 _WIDEN = {np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64, np.dtype("int8"): np.int16}
@@ -143,12 +148,80 @@ def read_array_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence
     return Chip(image=_widen(np.ascontiguousarray(data)), valid=_valid_mask(path, data, nodata))
 
 
+def _open_picture(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(path, f"cannot be read as a JPEG/PNG picture: {err}") from err
+
+
+def read_picture_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence[str | int] | None = None,
+                      nodata: float | None = None) -> Chip:
+    """Read a JPEG/PNG chip with Pillow as (C, H, W) in its stored type (uint8 for 8-bit pictures;
+    grey pictures have one band, RGB three, RGBA four; palette pictures are expanded to RGB)."""
+    path = Path(path)
+    with _open_picture(path) as picture:
+        try:
+            if picture.mode == "P":  # a palette indexes colours: the colours are the data
+                picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
+            if picture.mode not in _PICTURE_MODES:
+                raise DataError(path, f"has Pillow mode {picture.mode!r}; read are {sorted(_PICTURE_MODES)} and palette")
+            data = np.asarray(picture)
+        except OSError as err:  # truncated files fail when the pixels are decoded
+            raise DataError(path, f"is corrupt or truncated, decoding failed: {err}") from err
+    data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+    indexes = resolve_band_indexes(path, file_bands, bands, data.shape[0])
+    data = np.ascontiguousarray(data[indexes])
+    return Chip(image=_widen(data), valid=_valid_mask(path, data, nodata))
+
+
+def chip_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a chip file, from its header only."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in PICTURE_SUFFIXES:
+        with _open_picture(path) as picture:
+            return picture.height, picture.width
+    if suffix == ".npy":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as err:
+            raise DataError(path, f"cannot be read as a numpy array: {err}") from err
+        if len(shape) != 3:
+            raise DataError(path, f"holds an array of shape {shape}; expected (bands, height, width)")
+        return int(shape[1]), int(shape[2])
+    if suffix == ".npz":
+        image = read_array_chip(path, ["?"] * _npz_bands(path)).image
+        return int(image.shape[1]), int(image.shape[2])
+    try:
+        with rasterio.open(path) as src:
+            return src.height, src.width
+    except RasterioError as err:
+        raise DataError(path, f"cannot be opened as a raster: {err}") from err
+
+
+def _npz_bands(path: Path) -> int:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.keys())
+            data = archive["image"] if "image" in names else archive[names[0]]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, IndexError) as err:
+        raise DataError(path, f"cannot be read as a numpy array: {err}") from err
+    if data.ndim != 3:
+        raise DataError(path, f"holds an array of shape {data.shape}; expected (bands, height, width)")
+    return int(data.shape[0])
+
+
 def read_chip(path: str | Path, file_bands: Sequence[str], bands: Sequence[str | int] | None = None,
               nodata: float | None = None) -> Chip:
     """Read a whole chip file of any supported kind, refusing one with no valid pixel."""
     suffix = Path(path).suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         chip = read_array_chip(path, file_bands, bands, nodata)
+    elif suffix in PICTURE_SUFFIXES:
+        chip = read_picture_chip(path, file_bands, bands, nodata)
     else:
         chip = read_raster(path, file_bands, bands, nodata=nodata)
     if not chip.valid.any():

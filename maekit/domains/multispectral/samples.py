@@ -107,6 +107,30 @@ def toa_like_chip(label: int, size: int, rng: np.random.Generator) -> np.ndarray
     return chip.astype(np.float32)
 
 
+def make_picture_dataset(root: str | Path, per_class: int = 8, size: int | tuple[int, ...] = 32,
+                         formats: tuple[str, ...] = ("jpg", "png"), grey: bool = False, seed: int = 0) -> Path:
+    """Write 8-bit RGB (or grey) picture chips as EuroSAT RGB, UC Merced and RESISC45 distribute
+    them: `root/<Class>/<Class>_<n>.<ext>` with no split folders, the extensions taking turns
+    over `formats`. `size` may list several sizes, also taken in turn. Returns `root`."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    sizes = (size,) if isinstance(size, int) else tuple(size)
+    counter = 0
+    for label, name in enumerate(NAIP_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, per_class + 1):
+            side = sizes[counter % len(sizes)]
+            rgb = naip_like_chip(label, side, rng, nodata_wedge=False)[:3].clip(1, 255)
+            pixels = rgb.mean(0).astype(np.uint8) if grey else np.moveaxis(rgb, 0, -1).astype(np.uint8)
+            ext = formats[counter % len(formats)]
+            Image.fromarray(pixels).save(folder / f"{name}_{n}.{ext}", quality=95)
+            counter += 1
+    return root
+
+
 def make_chip_dataset(
     root: str | Path,
     preset: Literal["naip", "toa"] = "naip",

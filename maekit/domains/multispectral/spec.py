@@ -85,7 +85,23 @@ TOA = BandPreset(
     "emissive brightness temperatures min-max scaled",
 )
 
-PRESETS: dict[str, BandPreset] = {p.name: p for p in (NAIP, SENTINEL2, TOA)}
+RGB = BandPreset(
+    name="rgb",
+    bands=("R", "G", "B"),
+    groups=(("R", "G", "B"),),
+    # measured on EuroSAT RGB (2,000 chips); aerial photos are brighter: compute yours with `maekit stats`
+    mean=(0.346, 0.382, 0.409),
+    std=(0.204, 0.138, 0.117),
+    scale=_repeat(1 / 255, 3),
+    offset=_repeat(0.0, 3),
+    rgb=("R", "G", "B"),
+    dtype="uint8",
+    description="8-bit RGB pictures (JPEG/PNG/GeoTIFF): EuroSAT RGB (Sentinel-2 B04, B03, B02 at 10 m), "
+    "UC Merced, RESISC45, aerial photos",
+    extras={"wavelength_nm": (665.0, 560.0, 490.0)},  # Sentinel-2 B04/B03/B02 centres; other sensors are close
+)
+
+PRESETS: dict[str, BandPreset] = {p.name: p for p in (NAIP, SENTINEL2, TOA, RGB)}
 
 
 def get_preset(name: str) -> BandPreset:

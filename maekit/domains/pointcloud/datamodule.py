@@ -16,10 +16,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from maekit.lazy import lazy_import
 from maekit.data.base import MaekitDataModule
-from maekit.errors import DataError
+from maekit.errors import ConfigError, DataError
 from maekit.domains.pointcloud.readers import (
     Augmentation, FPS_RANDOM_OVERSAMPLE, Layout, PointCloud, PointSource, Subsample, _from_columns, check_cloud,
     find_point_samples, normalise_unit_sphere, read_points)
+
+
+#: what happens to a cloud with fewer than `num_points` points: `error` refuses it (naming the file,
+#: its count and the minimum), `repeat` draws the missing points again with replacement (all of the
+#: cloud's points are kept, some twice), for small objects such as DALES's ~100-point ones
+ResampleSmall = Literal["error", "repeat"]
+
+
+def resample_mode(value: ResampleSmall | bool) -> ResampleSmall:
+    """`resample_small` as one of its names (True/False, the older spelling, are `repeat`/`error`)."""
+    if isinstance(value, bool):
+        return "repeat" if value else "error"
+    if value not in ("error", "repeat"):
+        raise ConfigError(f"resample_small must be 'error' or 'repeat', got {value!r}")
+    return value
 
 
 class PointCloudDataset(Dataset):
@@ -28,23 +43,23 @@ class PointCloudDataset(Dataset):
     Args:
         sources: the samples.
         num_points: points per sample; larger clouds are subsampled (`subsample`: see
-            `choose_points`), smaller ones are refused unless `resample_small`.
+            `choose_points`); smaller ones as `resample_small` says (`ResampleSmall`).
         channels: extra per-point channels to deliver, by name.
         labels: class index per source.
         augment: training augmentations (Point-MAE: scale_translate).
-        min_points: the fewest points a cloud may have even with `resample_small`.
+        min_points: the fewest points a cloud may have even with `resample_small: repeat`.
         up_axis: the axis rotations turn about.
     """
 
     def __init__(self, sources: Sequence[PointSource], num_points: int = 1024, channels: Sequence[str] = (),
                  labels: Sequence[int] | None = None, augment: Sequence[Augmentation] = (),
-                 subsample: Subsample = "random", resample_small: bool = False,
+                 subsample: Subsample = "random", resample_small: ResampleSmall | bool = "error",
                  min_points: int = 1, up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192,
                  bin_columns: int = 4, mesh_sampling: Literal["uniform", "poisson"] = "uniform") -> None:
         self.sources, self.labels = list(sources), labels
         self.num_points, self.channels = num_points, list(channels)
         self.augment, self.subsample = list(augment), subsample
-        self.resample_small, self.min_points = resample_small, min_points
+        self.resample_small, self.min_points = resample_mode(resample_small), min_points
         self.up = "xyz".index(up_axis)
         self.mesh_points, self.bin_columns, self.mesh_sampling = mesh_points, bin_columns, mesh_sampling
         self._h5: dict[Path, Any] = {}
@@ -99,12 +114,14 @@ class PointCloudDataset(Dataset):
         if count == self.num_points:
             return points
         if count < self.num_points:
-            if not self.resample_small or count < self.min_points:
-                need = self.num_points if not self.resample_small else self.min_points
-                raise DataError(where, f"has {count} points, fewer than the {need} needed (num_points "
-                                       f"{self.num_points}; the model needs at least {self.min_points}: one per "
-                                       "group centre and a full neighbourhood); lower `num_points` or set "
-                                       "`resample_small: true` to repeat points")
+            if self.resample_small == "error":
+                raise DataError(where, f"has {count} points, fewer than the {self.num_points} needed (num_points); "
+                                       "lower num_points, or set `resample_small: repeat` to draw the missing "
+                                       f"points again (clouds need at least min_points {self.min_points} even then)")
+            if count < self.min_points:
+                raise DataError(where, f"has {count} points, fewer than the {self.min_points} needed even with "
+                                       "`resample_small: repeat` (min_points: the model needs one point per group "
+                                       "centre and a full neighbourhood)")
             extra = torch.randint(count, (self.num_points - count,)).numpy()
             return np.concatenate([points, points[extra]], 0)
         return choose_points(points, self.num_points, self.subsample)
@@ -184,8 +201,10 @@ class PointCloudDataModule(MaekitDataModule):
         channels: extra per-point channels (e.g. [r, g, b] or [nx, ny, nz]); must match the model.
         augment: training augmentations.
         variant: ScanObjectNN split (`hardest` = PB_T50_RS).
-        resample_small: repeat points of clouds smaller than `num_points` instead of refusing them.
-        min_points: the fewest points accepted with `resample_small` (the model's groups / group size).
+        resample_small: clouds smaller than `num_points`: `error` (the default: refused, naming the
+            file, its count and the minimum) or `repeat` (the missing points drawn again, with
+            replacement; e.g. DALES's ~100-point objects). True/False still mean repeat/error.
+        min_points: the fewest points accepted with `resample_small: repeat` (the model's groups / group size).
         labels_per_class: keep only this many training samples per class.
         val_fraction: share of an unlabelled folder held out for validation.
         up_axis: the vertical axis (ModelNet / ShapeNet: y; lidar: z).
@@ -202,7 +221,8 @@ class PointCloudDataModule(MaekitDataModule):
     def __init__(self, root: str, layout: Layout = "auto", task: Literal["pretrain", "classification"] = "pretrain",
                  num_points: int = 1024, channels: list[str] | None = None,
                  augment: list[Augmentation] | None = None, variant: Literal["hardest", "obj_bg", "obj_only"] = "hardest",
-                 batch_size: int = 32, num_workers: int = 0, resample_small: bool = False, min_points: int = 64,
+                 batch_size: int = 32, num_workers: int = 0, resample_small: ResampleSmall | bool = "error",
+                 min_points: int = 64,
                  labels_per_class: int | None = None, val_fraction: float = 0.05,
                  up_axis: Literal["x", "y", "z"] = "y", mesh_points: int = 8192, bin_columns: int = 4,
                  mesh_sampling: Literal["uniform", "poisson"] = "uniform", seed: int = 0,
@@ -213,7 +233,7 @@ class PointCloudDataModule(MaekitDataModule):
         self.num_points, self.channels = num_points, list(channels or [])
         self.augment = list(augment) if augment is not None else ["scale_translate"]
         self.variant, self.batch_size, self.num_workers = variant, batch_size, num_workers
-        self.resample_small, self.min_points = resample_small, min_points
+        self.resample_small, self.min_points = resample_mode(resample_small), min_points
         self.labels_per_class, self.val_fraction = labels_per_class, val_fraction
         self.up_axis, self.mesh_points, self.bin_columns, self.seed = up_axis, mesh_points, bin_columns, seed
         self.mesh_sampling = mesh_sampling

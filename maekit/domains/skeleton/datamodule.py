@@ -20,8 +20,8 @@ from maekit.data.base import MaekitDataModule
 from maekit.domains.skeleton.spec import Topology, TopologySpec
 from maekit.errors import ConfigError, DataError
 from maekit.domains.skeleton.readers import (
-    NTU_NAME, SkeletonArrays, XSUB_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS, centre_sequence, load_skeleton_file,
-    read_array_file)
+    MSR_NAME, MSR_TRAIN_SUBJECTS, NTU_NAME, SkeletonArrays, XSUB_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS, centre_sequence,
+    load_msr_file, load_skeleton_file, read_array_file)
 
 
 def valid_frames(x: np.ndarray) -> np.ndarray:
@@ -111,7 +111,9 @@ class SkeletonDataset(Dataset):
             return self._parsed[index]
         sample = self.samples[index]
         where = sample.path if sample.path is not None else sample.name
-        if sample.path is not None:
+        if sample.path is not None and MSR_NAME.match(sample.path.name):
+            x, present = load_msr_file(sample.path, self.topology, self.persons)
+        elif sample.path is not None:
             x, present = load_skeleton_file(sample.path, self.topology, self.persons)
         else:
             x = np.asarray(sample.array, np.float32)
@@ -161,23 +163,29 @@ class SkeletonDataset(Dataset):
 
 # --------------------------------------------------------------------------- datamodule
 
-Source = Literal["auto", "skeleton", "npz", "npy"]
+Source = Literal["auto", "skeleton", "msr", "npz", "npy"]
 Split = Literal["xsub", "xview", "xset", "random"]
 
 
 class SkeletonDataModule(MaekitDataModule):
-    """Skeleton action sequences from NTU `.skeleton` files or preprocessed arrays.
+    """Skeleton action sequences from NTU `.skeleton` files, MSR Action3D `skeleton3D.txt`
+    files or preprocessed arrays.
 
     Args:
-        root: a folder of `.skeleton` files (searched recursively), an `.npz` (NTU-style
-            `x_train`/`y_train`/`x_test`/`y_test`) or an `.npy` of (N, C, T, V, M).
-        source: 'auto' decides from `root`.
-        topology: skeleton layout: 'ntu25', 'coco17' or a mapping (joints, edges/parents, parts,
-            centre); must match the model adapter's.
+        root: a folder of `.skeleton` files or of MSR Action3D `aXX_sYY_eZZ_skeleton3D.txt` files
+            (searched recursively), an `.npz` (NTU-style `x_train`/`y_train`/`x_test`/`y_test`)
+            or an `.npy` of (N, C, T, V, M).
+        source: 'auto' decides from `root` ('msr' for a folder of `skeleton3D.txt` files).
+        topology: skeleton layout: 'ntu25', 'kinect20', 'coco17' or a mapping (joints,
+            edges/parents, parts, centre). None (the default): the topology of the adapter of
+            the model trained on this data (so a config names it once, on the adapter), else
+            'kinect20' for MSR files and 'ntu25' otherwise. Given on both, they must agree.
         channels: coordinates per joint (3 xyz, 2 image keypoints).
         persons: person slots M (NTU: 2, the two most active bodies).
         frames: T, the length every sequence is cropped and resized to (MAMP: 120).
-        split: for `.skeleton` folders, 'xsub' (NTU cross-subject), 'xview' (cameras 2, 3 train),
+        split: for MSR folders 'xsub' is the cross-subject protocol (odd subjects 1, 3, 5, 7, 9
+            train, even ones test). For `.skeleton` folders, 'xsub' (NTU cross-subject), 'xview'
+            (cameras 2, 3 train),
             'xset' (even setups train, NTU-120) or 'random' (`val_fraction`, seeded). An `.npz`
             brings its own split (x_test, else a random `val_fraction` of x_train); an `.npy`
             is split at random.
@@ -189,6 +197,9 @@ class SkeletonDataModule(MaekitDataModule):
         rotation: maximum random rotation per axis, degrees (training only).
         shear: maximum random shear coefficient (training only).
         scale: divide each sequence by its largest absolute coordinate (2D pixel keypoints).
+        skip_invalid: every sequence is read and checked at `setup`; with True, bad ones (all
+            zeros, a wrong value count, NaNs, no valid frame) are skipped and listed once, else
+            the first bad one is an error naming its file.
         batch_size, num_workers, seed: loader settings.
 
     Labels of `.skeleton` files come from the action in their name (`A023` -> the index of 23
@@ -196,14 +207,19 @@ class SkeletonDataModule(MaekitDataModule):
     `.npz` gives its own: the one-hot width or the largest label + 1).
     """
 
-    def __init__(self, root: str, source: Source = "auto", topology: TopologySpec = "ntu25", channels: int = 3,
+    def __init__(self, root: str, source: Source = "auto", topology: TopologySpec | None = None, channels: int = 3,
                  persons: int = 2, frames: int = 120, split: Split = "xsub", val_fraction: float = 0.2,
                  labels: str | None = None, exclude: str | None = None,
                  crop_ratio: tuple[float, float] = (0.5, 1.0), rotation: float = 0.0, shear: float = 0.0,
-                 scale: bool = False, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+                 scale: bool = False, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 skip_invalid: bool = False) -> None:
         super().__init__()
         self.root, self.source = Path(root), source
-        self.topology = Topology.resolve(topology)
+        #: the skeleton layout (None until `setup` when neither given here nor yet known)
+        self.topology: Topology | None = Topology.resolve(topology) if topology is not None else None
+        self.skip_invalid = skip_invalid
+        #: sequences skipped at setup by `skip_invalid`: (name, reason)
+        self.skipped: list[tuple[str, str]] = []
         self.channels, self.persons, self.frames = channels, persons, frames
         self.split, self.val_fraction, self.labels, self.exclude = split, val_fraction, labels, exclude
         lo, hi = crop_ratio
@@ -223,6 +239,9 @@ class SkeletonDataModule(MaekitDataModule):
         if self.source != "auto":
             return self.source
         if self.root.is_dir():
+            if not any(self.root.rglob("*.skeleton")) and any(
+                    MSR_NAME.match(p.name) for p in self.root.rglob("*_skeleton3D.txt")):
+                return "msr"
             return "skeleton"
         if self.root.suffix in (".npz", ".npy"):
             return self.root.suffix[1:]  # type: ignore[return-value]
@@ -276,6 +295,69 @@ class SkeletonDataModule(MaekitDataModule):
             raise DataError(self.root, f"the {self.split} split leaves no training sample")
         return out
 
+    def _msr_samples(self) -> dict[str, list[SkeletonSample]]:
+        if not self.root.is_dir():
+            raise DataError(self.root, "dataset folder does not exist")
+        files = sorted(p for p in self.root.rglob("*") if MSR_NAME.match(p.name))
+        if not files:
+            raise DataError(self.root, "holds no MSR Action3D files (aXX_sYY_eZZ_skeleton3D.txt)")
+        names = [MSR_NAME.match(f.name) for f in files]
+        actions = sorted({int(m["action"]) for m in names if m is not None})
+        self.classes = [f"a{a:02d}" for a in actions]
+        self._num_classes = len(actions)
+        samples = [SkeletonSample(f.name.split("_skeleton3D")[0], actions.index(int(m["action"])), path=f)
+                   for f, m in zip(files, names) if m is not None]
+        if self.split == "random":
+            train, val = self._random_split(len(samples))
+            return {"train": [samples[i] for i in train], "val": [samples[i] for i in val]}
+        if self.split != "xsub":
+            raise ConfigError(f"MSR Action3D has the cross-subject split (xsub) or random, not {self.split!r}")
+        out: dict[str, list[SkeletonSample]] = {"train": [], "val": []}
+        for sample, m in zip(samples, names):
+            out["train" if int(m["subject"]) in MSR_TRAIN_SUBJECTS else "val"].append(sample)  # type: ignore[index]
+        if not out["train"]:
+            raise DataError(self.root, "the xsub split leaves no training sample (no odd subject: 1, 3, 5, 7, 9)")
+        return out
+
+    def _resolve_topology(self, source: str) -> Topology:
+        """The topology given here, else the trained model adapter's, else the source's usual one."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        theirs = getattr(getattr(module, "adapter", None), "topology", None)
+        theirs = theirs if isinstance(theirs, Topology) else None
+        if self.topology is not None:
+            if theirs is not None and theirs.joints != self.topology.joints:
+                raise ConfigError(f"the data's topology {self.topology.name!r} ({self.topology.num_joints} joints) "
+                                  f"differs from the model adapter's {theirs.name!r} ({theirs.num_joints} joints); "
+                                  "name it once, on the adapter")
+            return self.topology
+        if theirs is not None:
+            return theirs
+        return Topology.resolve("kinect20" if source == "msr" else "ntu25")
+
+    def _validate(self, datasets: dict[str, SkeletonDataset]) -> None:
+        """Read every sequence now; skip and list bad ones (`skip_invalid`) or raise on the first."""
+        for name, dataset in datasets.items():
+            keep = []
+            for i, sample in enumerate(dataset.samples):
+                try:
+                    dataset.load(i)
+                except DataError as err:
+                    if not self.skip_invalid:
+                        raise DataError(err.path, f"{err.problem} (skip_invalid: true skips bad sequences)") from err
+                    self.skipped.append((sample.name, str(err.problem)))
+                    continue
+                keep.append(i)
+            if len(keep) < len(dataset.samples):
+                cached = {new: dataset._parsed[old] for new, old in enumerate(keep) if old in dataset._parsed}
+                dataset.samples = [dataset.samples[i] for i in keep]
+                dataset._parsed = cached
+        if self.skipped:
+            listed = "; ".join(f"{n}: {why}" for n, why in self.skipped[:10])
+            warnings.warn(f"{self.root}: skipped {len(self.skipped)} invalid sequence(s): {listed}"
+                          + (" ..." if len(self.skipped) > 10 else ""), stacklevel=2)
+        if not datasets.get("train") or not datasets["train"].samples:
+            raise DataError(self.root, "no valid training sequence is left")
+
     def _array_samples(self, source: str) -> dict[str, list[SkeletonSample]]:
         splits = read_array_file(self.root, self.topology, self.channels, self.labels)
         first = next(iter(splits.values()))
@@ -298,14 +380,18 @@ class SkeletonDataModule(MaekitDataModule):
         if self.datasets:
             return
         source = self._source()
-        if source == "skeleton" and self.channels != 3:
-            raise ConfigError(f".skeleton files hold 3D joints; channels is {self.channels}")
-        splits = self._skeleton_samples() if source == "skeleton" else self._array_samples(source)
+        self.topology = self._resolve_topology(source)
+        if source in ("skeleton", "msr") and self.channels != 3:
+            raise ConfigError(f"{'.skeleton' if source == 'skeleton' else 'MSR Action3D'} files hold 3D joints; "
+                              f"channels is {self.channels}")
+        splits = (self._skeleton_samples() if source == "skeleton" else self._msr_samples() if source == "msr"
+                  else self._array_samples(source))
         for name, samples in splits.items():
             train = name == "train"
             self.datasets[name] = SkeletonDataset(samples, self.topology, self.channels, self.persons, self.frames,
                                                   train=train, crop_ratio=self.crop_ratio, rotation=self.rotation,
                                                   shear=self.shear, scale=self.scale)
+        self._validate(self.datasets)
 
 
 class StoredSequences(Dataset):

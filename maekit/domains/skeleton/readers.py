@@ -7,6 +7,8 @@ Readers:
 - `select_bodies`: keeps the `persons` most active bodies (largest motion energy: the sum over
   joints and axes of the variance of the position over the frames the body is tracked), drops
   frames where none of them is tracked, and returns (C=3, T, V, M) with `person_present`.
+- `read_msr_file`: MSR Action3D's `aXX_sYY_eZZ_skeleton3D.txt` (one line per joint of 4 values,
+  x y z confidence, the 20 Kinect v1 joints of a frame on 20 consecutive lines; one person).
 - `read_array_file`: preprocessed arrays, `.npz` with `x_train`/`y_train` (`x_test`/`y_test`)
   of shape (N, T, M*V*C) (the common `NTU60_XSub.npz`: (N, 300, 150)) or (N, C, T, V, M), labels
   as ints or one-hot; or a `.npy` of shape (N, C, T, V, M) with labels from a separate `.npy`.
@@ -38,6 +40,10 @@ NTU_NAME = re.compile(r"S(?P<setup>\d{3})C(?P<camera>\d{3})P(?P<subject>\d{3})R(
 XSUB_TRAIN_SUBJECTS = frozenset([
     1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38, 45, 46, 47, 49, 50, 52, 53, 54,
     55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89, 91, 92, 93, 94, 95, 97, 98, 100, 103])
+#: MSR Action3D file names: action, subject, execution
+MSR_NAME = re.compile(r"^a(?P<action>\d+)_s(?P<subject>\d+)_e(?P<rep>\d+)_skeleton3D\.txt$", re.I)
+#: MSR Action3D cross-subject protocol: odd subjects train, even subjects test
+MSR_TRAIN_SUBJECTS = frozenset([1, 3, 5, 7, 9])
 #: training cameras of the cross-view protocol (camera 1 is the test view)
 XVIEW_TRAIN_CAMERAS = frozenset([2, 3])
 
@@ -167,6 +173,53 @@ def load_skeleton_file(path: str | Path, topology: Topology, persons: int = 2) -
     """Read, select the `persons` most active bodies and centre: ((3, T, V, M), (M,) bool)."""
     raw = read_skeleton_file(path, topology.num_joints)
     return select_bodies(raw, persons, topology.centre_index, path)
+
+
+# --------------------------------------------------------------------------- MSR text
+
+def read_msr_file(path: str | Path, num_joints: int = 20) -> np.ndarray:
+    """Parse an MSR Action3D `skeleton3D.txt` into (3, T, V, 1) float32 (the confidence column
+    is dropped). Refused, naming the file and line: a line without exactly 4 numbers, a line
+    count that is not a whole number of frames, NaN/inf values, no frame, and a sequence whose
+    coordinates are all zero (no skeleton was tracked)."""
+    path = Path(path)
+    try:
+        lines = [ln.split() for ln in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot be read as text: {err}") from err
+    while lines and not lines[-1]:
+        lines.pop()
+    values = np.empty((len(lines), 4), np.float32)
+    for i, words in enumerate(lines):
+        if len(words) != 4:
+            raise DataError(path, f"line {i + 1} has {len(words)} values; expected 4 (x y z confidence)")
+        try:
+            values[i] = [float(w) for w in words]
+        except ValueError:
+            raise DataError(path, f"line {i + 1}: cannot read {' '.join(words)!r} as numbers") from None
+    if not len(values):
+        raise DataError(path, "holds no frame")
+    if len(values) % num_joints:
+        raise DataError(path, f"has {len(values)} joint lines, not a whole number of frames of {num_joints} joints")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(path, f"line {int(np.argwhere(bad.any(1))[0, 0]) + 1}: NaN/inf value")
+    xyz = values[:, :3].reshape(-1, num_joints, 3)  # (T, V, 3)
+    if not np.abs(xyz).any():
+        raise DataError(path, f"every coordinate of its {len(xyz)} frames is 0 (no skeleton tracked)")
+    return np.ascontiguousarray(xyz.transpose(2, 0, 1)[..., None])
+
+
+def load_msr_file(path: str | Path, topology: Topology, persons: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Read an MSR Action3D file, keep its tracked frames and centre: ((3, T, V, M), (M,) bool)."""
+    x = read_msr_file(path, topology.num_joints)
+    tracked = np.abs(x).sum((0, 2, 3)) > 0
+    x = x[:, tracked]
+    out = np.zeros((*x.shape[:3], persons), np.float32)
+    out[..., :1] = x
+    present = np.zeros(persons, bool)
+    present[0] = True
+    return centre_sequence(out, topology.centre_index), present
 
 
 # ------------------------------------------------------------------------------- arrays

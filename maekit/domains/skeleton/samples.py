@@ -248,6 +248,27 @@ def _write_npz(path: Path, records: list[tuple[str, int, np.ndarray, bool]],
         np.savez_compressed(tmp, **{k: np.stack(v) for k, v in arrays.items()})
 
 
+def make_msr_dataset(out: str | Path, actions: list[str] | None = None, subjects: tuple[int, ...] = (1, 2, 3, 4),
+                     executions: int = 2, frames: int = 32, seed: int = 0) -> Path:
+    """Write MSR Action3D-style `aXX_sYY_eZZ_skeleton3D.txt` files under `out`: one line per joint
+    of 4 values (x y z confidence), the 20 Kinect v1 joints of a frame on 20 consecutive lines
+    (NTU's first 20 joints are Kinect v1's, in the same order). Action numbers follow `ACTIONS`
+    order (a01 wave, a02 jump, ...); returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = sorted(actions or ACTIONS, key=lambda a: ACTIONS[a])
+    for a, action in enumerate(names, start=1):
+        for subject in subjects:
+            for e in range(1, executions + 1):
+                joints = pose_sequence(action, int(frames * rng.uniform(0.75, 1.25)), rng)[:, :20]  # (T, 20, 3)
+                confidence = np.ones((*joints.shape[:2], 1))
+                rows = np.concatenate([joints, confidence], -1).reshape(-1, 4)
+                text = "\n".join(" ".join(f"{v:.6f}" for v in row) for row in rows) + "\n"
+                (out / f"a{a:02d}_s{subject:02d}_e{e:02d}_skeleton3D.txt").write_text(text)
+    return out
+
+
 def sample_data(out: Path, preset: str, options: SampleOptions) -> Path:
     """`maekit sample-data --preset skeleton`: NTU `.skeleton` files (8 per action) and npz arrays."""
     return make_skeleton_dataset(out, 8 if options.per_class is None else options.per_class, seed=options.seed)

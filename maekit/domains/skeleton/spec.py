@@ -1,4 +1,5 @@
-"""Skeleton vocabulary: joint topologies (NTU RGB+D 25 joints, COCO-17 keypoints), their bones and body parts."""
+"""Skeleton vocabulary: joint topologies (NTU RGB+D 25 joints, Kinect v1 20 joints, COCO-17
+keypoints), their bones and body parts."""
 
 from __future__ import annotations
 
@@ -25,6 +26,27 @@ _NTU25_EDGES_1B = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8
 _NTU25_PARTS_1B = {
     "torso": [1, 2, 3, 4, 21], "arm_left": [5, 6, 7, 8, 22, 23], "arm_right": [9, 10, 11, 12, 24, 25],
     "leg_left": [13, 14, 15, 16], "leg_right": [17, 18, 19, 20],
+}
+# Kinect v1 (Microsoft Kinect SDK 1.x, NUI_SKELETON_POSITION_* order): MSR Action3D, UTKinect,
+# MSR Daily Activity 3D. Its first 20 joints are NTU's first 20 (NTU adds spine-shoulder, hand tips, thumbs).
+_KINECT20_JOINTS = [
+    "hip_center", "spine", "shoulder_center", "head", "shoulder_left", "elbow_left", "wrist_left", "hand_left",
+    "shoulder_right", "elbow_right", "wrist_right", "hand_right", "hip_left", "knee_left", "ankle_left",
+    "foot_left", "hip_right", "knee_right", "ankle_right", "foot_right",
+]
+_KINECT20_EDGES = [("spine", "hip_center"), ("shoulder_center", "spine"), ("head", "shoulder_center"),
+                   ("shoulder_left", "shoulder_center"), ("elbow_left", "shoulder_left"), ("wrist_left", "elbow_left"),
+                   ("hand_left", "wrist_left"), ("shoulder_right", "shoulder_center"),
+                   ("elbow_right", "shoulder_right"), ("wrist_right", "elbow_right"), ("hand_right", "wrist_right"),
+                   ("hip_left", "hip_center"), ("knee_left", "hip_left"), ("ankle_left", "knee_left"),
+                   ("foot_left", "ankle_left"), ("hip_right", "hip_center"), ("knee_right", "hip_right"),
+                   ("ankle_right", "knee_right"), ("foot_right", "ankle_right")]
+_KINECT20_PARTS = {
+    "torso": ["hip_center", "spine", "shoulder_center", "head"],
+    "arm_left": ["shoulder_left", "elbow_left", "wrist_left", "hand_left"],
+    "arm_right": ["shoulder_right", "elbow_right", "wrist_right", "hand_right"],
+    "leg_left": ["hip_left", "knee_left", "ankle_left", "foot_left"],
+    "leg_right": ["hip_right", "knee_right", "ankle_right", "foot_right"],
 }
 _COCO17_JOINTS = [
     "nose", "eye_left", "eye_right", "ear_left", "ear_right", "shoulder_left", "shoulder_right",
@@ -113,7 +135,7 @@ class Topology:
 
     @classmethod
     def resolve(cls, spec: str | Mapping[str, Any] | Topology) -> Topology:
-        """A topology from a preset name ('ntu25', 'coco17'), a config mapping (keys `joints`,
+        """A topology from a preset name ('ntu25', 'kinect20', 'coco17'), a config mapping (keys `joints`,
         optional `edges` or `parents`, `parts`, `centre`, `name`) or a `Topology`."""
         if isinstance(spec, Topology):
             return spec
@@ -145,9 +167,13 @@ NTU25 = Topology(
     {k: [_NTU25_JOINTS[i - 1] for i in v] for k, v in _NTU25_PARTS_1B.items()},
     centre="spine_mid",  # 1-based joint 2, as the common NTU preprocessing centres
 )
+KINECT20 = Topology("kinect20", list(_KINECT20_JOINTS), list(_KINECT20_EDGES),
+                    {k: list(v) for k, v in _KINECT20_PARTS.items()},
+                    centre="spine")  # the mid-spine, as NTU's spine-middle
 COCO17 = Topology("coco17", list(_COCO17_JOINTS), list(_COCO17_EDGES), {k: list(v) for k, v in _COCO17_PARTS.items()},
                   centre="nose")
 #: preset topologies by (normalised) name
-TOPOLOGIES: dict[str, Topology] = {"ntu25": NTU25, "ntu": NTU25, "coco17": COCO17, "coco": COCO17}
+TOPOLOGIES: dict[str, Topology] = {"ntu25": NTU25, "ntu": NTU25, "kinect20": KINECT20, "kinect": KINECT20,
+                                   "coco17": COCO17, "coco": COCO17}
 
 TopologySpec = str | dict[str, Any]

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from maekit.data.base import MaekitDataModule
 from maekit.errors import ConfigError, DataError
 from maekit.domains.volume.readers import (
-    Case, Layout, _crop_foreground, _read_case_labels, canonical_modality, find_cases, load_case)
+    Case, Layout, Unpaired, _crop_foreground, _read_case_labels, canonical_modality, find_cases, layout_modalities,
+    load_case)
 
 
 class VolumeDataset(Dataset):
@@ -108,12 +109,16 @@ class VolumeDataModule(MaekitDataModule):
 
     Args:
         root: dataset folder.
-        layout: 'auto' detects BraTS / Decathlon / nnU-Net / plain folder.
+        layout: 'auto' detects BraTS / Decathlon / nnU-Net / image-label folder pairs / plain folder.
         modalities: modalities to load, in order (a model pretrained on more runs on any subset).
+            None: what the layout declares (BraTS: the modalities found; Decathlon/nnU-Net: its
+            `dataset.json`; `pairs`/`folder`: one modality named after `kind`, `mri` or `ct`),
+            resolved at `setup`. The adapter takes them from here (`connect_datamodule`).
         kind: 'mri' (per-modality non-zero z-score) or 'ct' (HU window to [0, 1]).
         pixdim: target spacing in mm (None keeps each case's own).
         roi_size: crop size in voxels.
-        labels: declared label values (checked when loading labels).
+        labels: declared label values (checked when loading labels). Declaring them means the
+            data is for segmentation: cases without a label map are left out, with a note.
         ct_window: HU window for CT.
         val_fraction: share of cases kept for validation (seeded); 1 puts every case in the
             validation/prediction set.
@@ -139,7 +144,8 @@ class VolumeDataModule(MaekitDataModule):
                  crop_foreground: bool = False) -> None:
         super().__init__()
         self.root, self.layout = Path(root), layout
-        self.modalities = [canonical_modality(m) for m in (modalities or ["t1", "t1ce", "t2", "flair"])]
+        #: the modalities delivered, in order (None until `setup` when the layout declares them)
+        self.modalities: list[str] | None = [canonical_modality(m) for m in modalities] if modalities else None
         self.kind, self.pixdim = kind, pixdim
         self.roi_size = list(roi_size or [96, 96, 96])
         if len(self.roi_size) != 3:
@@ -152,15 +158,39 @@ class VolumeDataModule(MaekitDataModule):
         self.crop_foreground = crop_foreground
         self.classes: list[str] = []
         self.drop_modalities = [canonical_modality(m) for m in (drop_modalities or [])]
+        if self.modalities is not None:
+            self._check_drops()
+        #: files of an image/label folder pair without a partner (listed once at `setup`)
+        self.unpaired = Unpaired()
+        self.datasets: dict[str, VolumeDataset] = {}
+
+    def _check_drops(self) -> None:
+        assert self.modalities is not None
         unknown = sorted(set(self.drop_modalities) - set(self.modalities))
         if unknown:
             raise ConfigError(f"drop_modalities {unknown} are not among the modalities {self.modalities}")
-        self.datasets: dict[str, VolumeDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        cases = find_cases(self.root, self.layout, self.modalities)
+        if self.modalities is None:
+            self.modalities = layout_modalities(self.root, self.layout, self.kind)
+            self._check_drops()
+        cases = find_cases(self.root, self.layout, self.modalities, unpaired=self.unpaired)
+        if self.unpaired.images or self.unpaired.labels:
+            what = ("left out of segmentation" if self.labels is not None else "used for pretraining without labels")
+            warnings.warn(f"{self.root}: {self.unpaired.describe()} (images without labels are {what}; "
+                          "labels without images are not used)", stacklevel=2)
+        if self.labels is not None:  # segmentation: every case needs its label map
+            unlabelled = [c.name for c in cases if c.label is None]
+            if unlabelled and not self.unpaired.images:  # unpaired images are already named above
+                warnings.warn(f"{self.root}: {len(unlabelled)} case(s) without a label map left out of segmentation: "
+                              f"{', '.join(unlabelled[:10])}", stacklevel=2)
+            cases = [c for c in cases if c.label is not None]
+            if not cases:
+                raise DataError(self.root, "has no case with a label map, and labels are declared (segmentation)")
+        elif any(c.label is None for c in cases):  # pretraining: one batch must not mix cases with and without masks
+            cases = [Case(c.name, c.images, None) for c in cases]
         usable = [c for c in cases if set(c.images) & set(self.modalities)]
         if len(usable) < len(cases):
             skipped = sorted(c.name for c in cases if c not in usable)

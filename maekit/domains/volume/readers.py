@@ -2,9 +2,12 @@
 
 Layouts: BraTS (one file per modality, 2021 `<case>_t1ce.nii.gz` or 2023 `<case>-t1c.nii.gz`
 naming), MSD Decathlon (`dataset.json`, several modalities as channels of one file), nnU-Net
-raw (`dataset.json` with `channel_names`, `<case>_0000.nii.gz`...), and a plain folder of
+raw (`dataset.json` with `channel_names`, `<case>_0000.nii.gz`...), image/label folder pairs
+without a `dataset.json` (`images/` + `labels/` or `imagesTr/` + `labelsTr/` of same-named
+single-modality files, e.g. an MSD task as often redistributed), and a plain folder of
 single-modality volumes (CT): NIfTI files, or DICOM series (one folder of `.dcm` slices each,
-read with pydicom through MONAI). Loading goes through MONAI: orientation to RAS, resampling to a
+read with pydicom through MONAI). Two files never collapse into one case: a second file claiming
+a case (and modality) already taken is refused, naming both. Loading goes through MONAI: orientation to RAS, resampling to a
 spacing, every modality resampled onto the grid of the case's first one (so a T2 and an ADC
 map on different grids become one two-channel volume), per-modality non-zero z-scores (MRI)
 or an HU window scaled to [0, 1] (CT). Modalities a case lacks are zeros with
@@ -23,12 +26,16 @@ from typing import Any, Literal
 import torch
 
 from maekit.lazy import lazy_import
-from maekit.domains.volume.spec import MODALITY_ALIASES, canonical_modality
+from maekit.domains.volume.spec import BRATS_MODALITIES, MODALITY_ALIASES, canonical_modality
 from maekit.errors import DataError
 
 _BRATS_FILE = re.compile(r"^(?P<case>.+?)[_-](?P<mod>t1ce|t1c|t1n|t1|t2w|t2f|t2|flair|seg)\.nii(\.gz)?$", re.I)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-Layout = Literal["auto", "brats", "decathlon", "nnunet", "folder"]
+Layout = Literal["auto", "brats", "decathlon", "nnunet", "pairs", "folder"]
+#: (images folder, labels folder) names of the `pairs` layout, in the order they are looked for
+PAIR_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
+#: layouts whose files hold one modality each, named by the config (or after `kind`)
+SINGLE_MODALITY_LAYOUTS = ("pairs", "folder")
 
 
 @dataclass
@@ -38,6 +45,63 @@ class Case:
     name: str
     images: dict[str, tuple[Path, int | None]] = field(default_factory=dict)
     label: Path | None = None
+
+
+@dataclass
+class Unpaired:
+    """Files of a `pairs` layout without a partner: images without a label map (fine for
+    pretraining, excluded from segmentation) and label maps without an image (never used)."""
+
+    images: list[Path] = field(default_factory=list)
+    labels: list[Path] = field(default_factory=list)
+
+    def describe(self, limit: int = 10) -> str:
+        """One line naming the unpaired files (the first `limit` of each kind)."""
+        parts = []
+        for what, paths in (("image(s) without a label map", self.images), ("label map(s) without an image", self.labels)):
+            if paths:
+                names = ", ".join(p.name for p in paths[:limit]) + (" ..." if len(paths) > limit else "")
+                parts.append(f"{len(paths)} {what}: {names}")
+        return "; ".join(parts)
+
+
+def _case_name(path: Path) -> str:
+    """`case.nii.gz` -> `case` (DICOM series: the folder's name)."""
+    return path.name.split(".nii")[0] if not path.is_dir() else path.name
+
+
+def _claim(taken: dict[str, Path], key: str, path: Path, what: str) -> None:
+    """Record that `path` is `key`; a second file for the same key is refused, naming both."""
+    if key in taken and taken[key] != path:
+        raise DataError(path, f"and {taken[key]} are both {what}; rename or remove one of them "
+                              "(two files never silently become one case)")
+    taken[key] = path
+
+
+def _pair_folders(root: Path) -> tuple[Path, Path] | None:
+    """(images, labels) folders of a `pairs` layout under `root`, or None."""
+    for images, labels in PAIR_FOLDERS:
+        if (root / images).is_dir() and (root / labels).is_dir():
+            return root / images, root / labels
+    return None
+
+
+def find_pairs(root: Path) -> tuple[dict[str, Path], dict[str, Path], Unpaired]:
+    """Images and label maps of a `pairs` layout by case name, and the files without a partner."""
+    folders = _pair_folders(root)
+    if folders is None:
+        raise DataError(root, "has no image/label folder pair (" + ", ".join(f"{i}/ + {l}/" for i, l in PAIR_FOLDERS)
+                        + ")")
+    found: list[dict[str, Path]] = []
+    for folder in folders:
+        files: dict[str, Path] = {}
+        for path in sorted(p for p in folder.rglob("*") if _is_nifti(p)):
+            _claim(files, _case_name(path), path, f"case {_case_name(path)!r} in {folder.name}/")
+        found.append(files)
+    images, labels = found
+    unpaired = Unpaired(images=[images[k] for k in sorted(set(images) - set(labels))],
+                        labels=[labels[k] for k in sorted(set(labels) - set(images))])
+    return images, labels, unpaired
 
 
 def _is_nifti(path: Path) -> bool:
@@ -52,17 +116,53 @@ def _detect_layout(root: Path) -> Layout:
     matches = (_BRATS_FILE.match(p.name) for p in root.rglob("*.nii*"))
     if any(m and m["mod"].lower() != "seg" for m in matches):
         return "brats"
+    if _pair_folders(root) is not None:
+        return "pairs"
     return "folder"
 
 
-def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[str] | None = None) -> list[Case]:
-    """All cases under `root` in `layout` (detected when 'auto'), sorted by name."""
+def resolve_layout(root: str | Path, layout: Layout = "auto") -> Layout:
+    """`layout`, or the one detected under `root` when 'auto'."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "dataset folder does not exist")
-    if layout == "auto":
-        layout = _detect_layout(root)
+    return _detect_layout(root) if layout == "auto" else layout
+
+
+def layout_modalities(root: str | Path, layout: Layout, kind: str) -> list[str]:
+    """The modalities a layout declares: BraTS's file suffixes found (in the kit's order),
+    Decathlon's/nnU-Net's `dataset.json`, and `[kind]` (`mri` or `ct`) for the single-modality
+    `pairs` and `folder` layouts."""
+    root = Path(root)
+    layout = resolve_layout(root, layout)
+    if layout in SINGLE_MODALITY_LAYOUTS:
+        return [kind]
+    if layout == "brats":
+        found = {canonical_modality(m["mod"]) for p in root.rglob("*.nii*") if (m := _BRATS_FILE.match(p.name))
+                 and m["mod"].lower() != "seg"}
+        return [m for m in BRATS_MODALITIES if m in found] + sorted(found - set(BRATS_MODALITIES))
+    meta = json.loads((root / "dataset.json").read_text())
+    table = meta.get("channel_names" if layout == "nnunet" else "modality", {})
+    if not table:
+        raise DataError(root / "dataset.json", f"names no modalities ({'channel_names' if layout == 'nnunet' else 'modality'})")
+    return [canonical_modality(table[k]) for k in sorted(table, key=int)]
+
+
+def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[str] | None = None,
+               unpaired: Unpaired | None = None) -> list[Case]:
+    """All cases under `root` in `layout` (detected when 'auto'), sorted by name.
+
+    Single-modality layouts (`pairs`, `folder`) take one modality name (default `ct`). For the
+    `pairs` layout, files without a partner are added to `unpaired` when given (images without
+    a label map are still cases, without a label).
+    """
+    root = Path(root)
+    layout = resolve_layout(root, layout)
+    if layout in SINGLE_MODALITY_LAYOUTS and modalities is not None and len(modalities) > 1:
+        raise DataError(root, f"is a {layout} layout of single-modality volumes, but {len(modalities)} modalities "
+                              f"{list(modalities)} were asked for: name one (or leave modalities unset)")
     cases: dict[str, Case] = {}
+    claimed: dict[str, Path] = {}
     if layout == "brats":
         for path in sorted(p for p in root.rglob("*") if _is_nifti(p)):
             m = _BRATS_FILE.match(path.name)
@@ -70,6 +170,8 @@ def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[s
                 continue
             case = cases.setdefault(m["case"], Case(m["case"]))
             mod = m["mod"].lower()
+            key = "seg" if mod == "seg" else canonical_modality(mod)
+            _claim(claimed, f"{m['case']}/{key}", path, f"case {m['case']!r}'s {key}")
             if mod == "seg":
                 case.label = path
             else:
@@ -84,6 +186,7 @@ def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[s
                 case = Case(name, label=root / entry["label"] if entry.get("label") else None)
                 if not image.exists():
                     raise DataError(image, "listed in dataset.json but missing")
+                _claim(claimed, name, image, f"case {name!r} in dataset.json")
                 single = len(names) == 1
                 case.images = {mod: (image, None if single else ch) for ch, mod in names.items()}
                 cases[name] = case
@@ -96,19 +199,34 @@ def find_cases(root: str | Path, layout: Layout = "auto", modalities: Sequence[s
                 case = cases.setdefault(name, Case(name))
                 if channel not in names:
                     raise DataError(path, f"channel {channel:04d} is not in dataset.json's channel_names {names}")
+                _claim(claimed, f"{name}/{channel}", path, f"case {name!r}'s channel {channel:04d}")
                 case.images[names[channel]] = (path, None)
                 label = root / "labelsTr" / f"{name}{suffix}"
                 case.label = label if label.exists() else None
+    elif layout == "pairs":
+        mod = canonical_modality(modalities[0]) if modalities else "ct"
+        images, labels, missing = find_pairs(root)
+        for name, path in images.items():
+            cases[name] = Case(name, {mod: (path, None)}, labels.get(name))
+        if unpaired is not None:
+            unpaired.images += missing.images
+            unpaired.labels += missing.labels
     else:
         mod = canonical_modality(modalities[0]) if modalities else "ct"
         for series in sorted({p.parent for p in root.rglob("*.dcm")}):  # one DICOM series per folder
+            _claim(claimed, series.name, series, f"case {series.name!r}")
             cases[series.name] = Case(series.name, {mod: (series, None)})
         for path in sorted(p for p in root.rglob("*") if _is_nifti(p)):
-            name = path.name.split(".nii")[0]
+            name = _case_name(path)
             if name.endswith(("_seg", "-seg")):
                 continue
-            label = next((q for q in (path.with_name(f"{name}_seg{s}") for s in NIFTI_SUFFIXES) if q.exists()), None)
-            cases[name] = Case(name, {mod: (path, None)}, label)
+            _claim(claimed, name, path, f"case {name!r}")
+            labels_found = [q for q in (path.with_name(f"{name}{sep}seg{s}") for sep in "_-" for s in NIFTI_SUFFIXES)
+                            if q.exists()]
+            if len(labels_found) > 1:
+                raise DataError(labels_found[1], f"and {labels_found[0]} are both the label map of case {name!r}; "
+                                                 "remove one of them")
+            cases[name] = Case(name, {mod: (path, None)}, labels_found[0] if labels_found else None)
     if not cases:
         raise DataError(root, f"holds no cases in the {layout} layout")
     return [cases[k] for k in sorted(cases)]

@@ -145,6 +145,35 @@ def make_ct_dataset(root: str | Path, cases: int = 6, size: int = 32, spacing: f
     return root
 
 
+def make_pairs_dataset(root: str | Path, cases: int = 6, shape: tuple[int, int, int] = (20, 28, 20),
+                       folders: tuple[str, str] = ("images", "labels"), unlabelled: int = 1,
+                       orphan_labels: int = 0, seed: int = 0) -> Path:
+    """Single-modality T1-like MRI crops with structure labels (0 background, 1 and 2 two halves
+    of an elongated structure) as same-named files in an image and a label folder, without a
+    `dataset.json`, as an MSD task is often redistributed (hippocampus). The last `unlabelled`
+    images get no label map, `orphan_labels` label maps have no image, and voxel types vary
+    (uint8 and float32 images), as in the wild."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]].astype(np.float32)
+    centre = (np.array(shape) - 1) / 2
+    for i in range(cases + orphan_labels):
+        shift = rng.uniform(-0.1, 0.1, 3) * np.array(shape)
+        d = np.sqrt(((z - centre[0] - shift[0]) / (0.18 * shape[0])) ** 2
+                    + ((y - centre[1] - shift[1]) / (0.35 * shape[1])) ** 2
+                    + ((x - centre[2] - shift[2]) / (0.15 * shape[2])) ** 2)
+        label = np.zeros(shape, np.uint8)
+        label[d < 1] = np.where(y[d < 1] < centre[1] + shift[1], 1, 2)
+        brain = 60 + 40 * np.exp(-(((z - centre[0]) / shape[0]) ** 2 + ((x - centre[2]) / shape[2]) ** 2) * 4)
+        image = brain + 70 * (label > 0) + rng.normal(0, 6, shape)
+        name = f"hippocampus_{i:03d}.nii.gz"
+        if i < cases:
+            _save(root / folders[0] / name, np.clip(image, 0, 255), 1.0, "uint8" if i % 2 else "float32")
+        if i < cases - unlabelled or i >= cases:
+            _save(root / folders[1] / name, label, 1.0, "uint8")
+    return root
+
+
 def write_dicom_series(folder: str | Path, volume: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                        modality: str = "CT") -> Path:
     """Write `volume` (slices, rows, cols) int16 as a DICOM series, one file per slice."""

@@ -239,7 +239,7 @@ def load_segmentation_task(checkpoint: str | Path) -> Any:
     records the adapter's arguments there), in eval mode. Loaded with `weights_only=True`."""
     import inspect
 
-    from maekit.finetune.tasks import SegmentationTask
+    from maekit.finetune.tasks import EncoderTask, SegmentationTask
     from maekit.weights.export import read_checkpoint
     from maekit.weights.hub import _build_adapter
 
@@ -248,7 +248,8 @@ def load_segmentation_task(checkpoint: str | Path) -> Any:
     if meta.get("task") != "SegmentationTask":
         raise DataError(checkpoint, f"holds a {meta.get('task') or 'pretraining'} model; predict-scene needs a "
                                     "fine-tuned SegmentationTask checkpoint (maekit fit -c configs/naip/segment.yaml)")
-    accepted = set(inspect.signature(SegmentationTask.__init__).parameters) - {"self", "adapter"}
+    accepted = {name for cls in (SegmentationTask, EncoderTask)  # the task's own and its **encoder arguments
+                for name in inspect.signature(cls.__init__).parameters} - {"self", "adapter", "encoder"}
     hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters", {})).items() if k in accepted}
     hparams["pretrained"] = None  # the checkpoint holds every weight
     task = SegmentationTask(_build_adapter(meta["adapter"]), **hparams)

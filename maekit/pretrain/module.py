@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 
 from maekit.backbones import SizeName
 from maekit.guards import LossGuard
-from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
+from maekit.optim import build_adamw, effective_batch_size, lightning_schedule, param_groups, parameter_ranks
 from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
@@ -27,7 +27,10 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         size: encoder size by name.
         decoder_width, decoder_depth, decoder_heads: the light decoder.
         masking: mask generator (default random 0.75).
-        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`.
+        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`,
+            where the effective batch is the per-device batch (the datamodule's `batch_size`,
+            else the training loader's) x accumulate_grad_batches x devices x nodes; a run
+            where neither says its batch size must set `lr` (ConfigError otherwise).
         lr: absolute learning rate, overriding `base_lr`.
         weight_decay: AdamW decay (none on biases, norms, tokens, position tables).
         betas: AdamW betas.
@@ -35,6 +38,9 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         figure_every_n_epochs: save a reconstruction PNG under the run directory every N epochs
             (0 turns figures off).
         compile: run the encoder and decoder through `torch.compile`.
+        compile_backend: the `torch.compile` backend when `compile` is set: "inductor" (torch's
+            default, generated kernels) or another registered one ("aot_eager" traces forward
+            and backward without generating kernels: quick to start, for debugging graph breaks).
         decoder_reads: encoder blocks every decoder layer also attends to (Hi-End-MAE's
             hierarchical decoding, e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
     """
@@ -54,6 +60,7 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         warmup_epochs: float = 1.0,
         figure_every_n_epochs: int = 1,
         compile: bool = False,
+        compile_backend: str = "inductor",
         decoder_reads: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -61,8 +68,8 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking,
                                      decoder_reads=decoder_reads)
         if compile:
-            self.mae.encoder = torch.compile(self.mae.encoder)  # type: ignore[assignment]
-            self.mae.decoder = torch.compile(self.mae.decoder)  # type: ignore[assignment]
+            self.mae.encoder = torch.compile(self.mae.encoder, backend=compile_backend)  # type: ignore[assignment]
+            self.mae.decoder = torch.compile(self.mae.decoder, backend=compile_backend)  # type: ignore[assignment]
         self._figure_batch: dict[str, Any] | None = None
         self.last_figure: Path | None = None
         self._parameter_ranks: dict[str, int] | None = None
@@ -154,15 +161,10 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        lr = hp.lr if hp.lr is not None else hp.base_lr * self._effective_batch_size() / 256
+        lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
         groups = param_groups(self.mae, hp.weight_decay, self.mae.no_weight_decay(), ranks=self._parameter_ranks)
         optimizer = build_adamw(groups, lr, tuple(hp.betas))
         return {"optimizer": optimizer, "lr_scheduler": lightning_schedule(self.trainer, optimizer, hp.warmup_epochs)}
-
-    def _effective_batch_size(self) -> int:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        per_device = int(getattr(datamodule, "batch_size", 256))
-        return per_device * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
 
 def _first(batch: dict[str, Any], count: int) -> dict[str, Any]:

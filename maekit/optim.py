@@ -125,8 +125,8 @@ def training_loader_of(trainer: Any) -> Any:
 
 
 def per_device_batch_size(trainer: Any) -> int:
-    """Samples per training batch on one device: the datamodule's `batch_size`, else the training
-    loader's. Raises `ConfigError` when neither says (nothing is guessed)."""
+    """Samples per training batch on one device: the datamodule's `batch_size`, else the
+    training loader's. Raises `ConfigError` when neither says (nothing is guessed)."""
     datamodule = getattr(trainer, "datamodule", None)
     size = getattr(datamodule, "batch_size", None)
     where = f"the datamodule {type(datamodule).__name__}" if datamodule is not None else "fit's training data"

@@ -345,7 +345,8 @@ def test_two_processes_train_step_for_step_like_one_process(runs: dict[str, Any]
     256) and weight-decay groups, different random masks on the two ranks at every step, and one
     ordinary checkpoint file."""
     single, ddp = runs["single"], runs["ddp"]
-    assert "distributed_backend=gloo" in runs["out"]["ddp"] and "All distributed processes registered" in runs["out"]["ddp"]
+    out = runs["out"]["ddp"]
+    assert "distributed_backend=gloo" in out and "All distributed processes registered" in out
     assert [r["world_size"] for r in single] == [1] and [r["world_size"] for r in ddp] == [2, 2]
     one, two = single[0]["losses"], _global_losses(ddp)
     assert len(one) == len(two) == STEPS

@@ -4,7 +4,7 @@ Prints the pretraining loss at start and end, the linear-probe accuracy of the p
 encoder and of the same encoder randomly initialised (same labelled subset, same probe
 recipe), a full fine-tune of the pretrained encoder, and the reconstruction figure's path.
 
-    python -m maekit.demo [--out demo_run] [--epochs 30]
+    python -m maekit.demo [--out demo_run] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     p.add_argument("--out", default="demo_run", help="folder for data, logs, checkpoints and figures")
     p.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     p.add_argument("--per-class", type=int, default=200, help="generated training chips per class")
+    p.add_argument("--val-per-class", type=int, default=50, help="generated validation chips per class")
     p.add_argument("--labels-per-class", type=int, default=10, help="labelled chips per class for the probe")
     p.add_argument("--probe-epochs", type=int, default=60)
     a = p.parse_args(argv)
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     data = out / "data"
     started = time.time()
     if not (data / "train").is_dir():
-        make_chip_dataset(data, "naip", "classification", per_class=a.per_class, val_per_class=50, size=64)
+        make_chip_dataset(data, "naip", "classification", per_class=a.per_class, val_per_class=a.val_per_class,
+                          size=64)
     print(f"[1/4] sample data: {data} (4 classes of NAIP-like 64x64 4-band GeoTIFF chips)")
 
     L.seed_everything(0, verbose=False)

@@ -50,15 +50,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_medical")
     p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--size", type=int, default=40, help=f"phantom edge in voxels (at least the {ROI}-voxel crop)")
     p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
     p.add_argument("--labelled", type=int, default=4, help="labelled cases for fine-tuning")
     p.add_argument("--finetune-epochs", type=int, default=40)
     a = p.parse_args(argv)
+    if a.size < ROI:
+        p.error(f"--size {a.size} is smaller than the {ROI}-voxel training crop")
     quiet()
     out, started = Path(a.out), time.time()
     data = out / "data"
     if not data.is_dir():
-        make_brats_dataset(data, cases=a.cases, size=40, missing_fraction=0.3)
+        make_brats_dataset(data, cases=a.cases, size=a.size, missing_fraction=0.3)
     print(f"[1/3] {a.cases} brain phantoms (BraTS 2021 layout, ~30% of cases lack modalities): {data}")
     L.seed_everything(0, verbose=False)
     dm = VolumeDataModule(str(data), modalities=MODALITIES, roi_size=[ROI] * 3, batch_size=4, val_fraction=0.1)

@@ -52,15 +52,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m maekit.demo_pointcloud", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_pointcloud")
-    p.add_argument("--per-class", type=int, default=24)
+    p.add_argument("--per-class", type=int, default=24, help="training samples per class (at least 6: 5 shots + 1 query)")
+    p.add_argument("--test-per-class", type=int, default=8, help="test samples per class")
     p.add_argument("--epochs", type=int, default=30, help="pretraining epochs")
     a = p.parse_args(argv)
+    if a.per_class < 6:
+        p.error("--per-class must be at least 6 (the few-shot protocol takes 5 shots and 1 query per class)")
     quiet()
     out, started = Path(a.out), time.time()
     data = out / "data"
     if not data.is_dir():
-        make_pointcloud_dataset(data, per_class=a.per_class, test_per_class=8, points=POINTS, seed=0)
-    print(f"[1/3] 6 shape classes x {a.per_class} training + 8 test samples (PLY/OFF meshes, ~30% partial scans): {data}")
+        make_pointcloud_dataset(data, per_class=a.per_class, test_per_class=a.test_per_class, points=POINTS, seed=0)
+    print(f"[1/3] 6 shape classes x {a.per_class} training + {a.test_per_class} test samples (PLY/OFF meshes, ~30% partial scans): {data}")
     L.seed_everything(0, verbose=False)
     mae = MAEPretrainModule(_adapter(), size=SIZE, decoder_width=128, decoder_depth=2, decoder_heads=4, lr=1e-3,
                             betas=(0.9, 0.999), warmup_epochs=3, masking=RandomMasking(0.6), figure_every_n_epochs=0)

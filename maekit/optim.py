@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from maekit.errors import ConfigError
+
 
 #: name parts that wrappers insert: FSDP units, activation checkpointing, torch.compile
 WRAPPER_NAME_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
@@ -98,8 +100,7 @@ def _batches_per_epoch(trainer: Any) -> float:
     resumed run from restoring its loader's position.)"""
     if trainer.train_dataloader is not None:
         return float(trainer.num_training_batches)
-    source = trainer.datamodule if trainer.datamodule is not None else trainer.lightning_module
-    loader = source.train_dataloader()
+    loader = training_loader_of(trainer)
     try:
         length = float(len(loader))
     except TypeError:  # an iterable without a length
@@ -113,6 +114,39 @@ def _batches_per_epoch(trainer: Any) -> float:
     elif limit is not None and length != math.inf:
         length = float(int(length * limit))
     return max(1.0, length)
+
+
+def training_loader_of(trainer: Any) -> Any:
+    """The trainer's training loader: the one it has loaded, else a fresh one from wherever `fit`
+    was told to take it (datamodule, module, or loaders passed to `fit` directly)."""
+    if trainer.train_dataloader is not None:
+        return trainer.train_dataloader
+    return trainer.fit_loop._data_source.dataloader()
+
+
+def per_device_batch_size(trainer: Any) -> int:
+    """Samples per training batch on one device: the datamodule's `batch_size`, else the
+    training loader's. Raises `ConfigError` when neither says (nothing is guessed)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    size = getattr(datamodule, "batch_size", None)
+    where = f"the datamodule {type(datamodule).__name__}" if datamodule is not None else "fit's training data"
+    if size is None:
+        loader = training_loader_of(trainer)
+        size = getattr(loader, "batch_size", None)
+        if size is None:  # a DataLoader built from a batch sampler
+            size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        where += f" (training loader {type(loader).__name__})"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"base_lr is a learning rate per 256 samples, and {where} has no integer `batch_size` "
+                          f"(got {size!r}) to scale it by: set an absolute learning rate (--model.lr) or give the "
+                          "datamodule a `batch_size` attribute")
+    return size
+
+
+def effective_batch_size(trainer: Any) -> int:
+    """Samples per optimiser step over the whole run: per-device batch x gradient accumulation x
+    devices x nodes (`trainer.world_size` is devices x nodes)."""
+    return per_device_batch_size(trainer) * trainer.accumulate_grad_batches * trainer.world_size
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

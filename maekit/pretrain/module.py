@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from maekit.backbones import SizeName
 from maekit.guards import LossGuard
-from maekit.optim import build_adamw, lightning_schedule, param_groups, parameter_ranks
+from maekit.optim import build_adamw, effective_batch_size, lightning_schedule, param_groups, parameter_ranks
 from maekit.pretrain.figures import reconstruction_images, write_figure
 from maekit.pretrain.mae import MaskedAutoencoder
 from maekit.pretrain.masking import MaskGenerator
@@ -29,8 +29,11 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         decoder_width, decoder_depth, decoder_heads: the light decoder; each one left unset
             follows `size` (`maekit.backbones.DECODER_SIZES`: `nano` 64 x 1, `base` MAE's 512 x 8).
         masking: mask generator (default random 0.75).
-        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`
-            (printed when fitting starts, with a warning when a small batch makes it tiny).
+        base_lr: lr per 256 samples; the lr used is base_lr * effective batch / 256 unless `lr`,
+            where the effective batch is the per-device batch (the datamodule's `batch_size`,
+            else the training loader's) x accumulate_grad_batches x devices x nodes; a run
+            where neither says its batch size must set `lr` (ConfigError otherwise). The lr is
+            printed when fitting starts, with a warning when a small batch makes it tiny.
         lr: absolute learning rate, overriding `base_lr`.
         weight_decay: AdamW decay (none on biases, norms, tokens, position tables).
         betas: AdamW betas.
@@ -38,6 +41,9 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         figure_every_n_epochs: save a reconstruction PNG under the run directory every N epochs
             (0 turns figures off).
         compile: run the encoder and decoder through `torch.compile`.
+        compile_backend: the `torch.compile` backend when `compile` is set: "inductor" (torch's
+            default, generated kernels) or another registered one ("aot_eager" traces forward
+            and backward without generating kernels: quick to start, for debugging graph breaks).
         decoder_reads: encoder blocks every decoder layer also attends to (Hi-End-MAE's
             hierarchical decoding, e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
     """
@@ -57,6 +63,7 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         warmup_epochs: float = 1.0,
         figure_every_n_epochs: int = 1,
         compile: bool = False,
+        compile_backend: str = "inductor",
         decoder_reads: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -64,8 +71,8 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking,
                                      decoder_reads=decoder_reads)
         if compile:
-            self.mae.encoder = torch.compile(self.mae.encoder)  # type: ignore[assignment]
-            self.mae.decoder = torch.compile(self.mae.decoder)  # type: ignore[assignment]
+            self.mae.encoder = torch.compile(self.mae.encoder, backend=compile_backend)  # type: ignore[assignment]
+            self.mae.decoder = torch.compile(self.mae.decoder, backend=compile_backend)  # type: ignore[assignment]
         self._figure_batch: dict[str, Any] | None = None
         self.last_figure: Path | None = None
         self._parameter_ranks: dict[str, int] | None = None
@@ -167,31 +174,17 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
     def _scaled_lr(self) -> float:
         """base_lr * effective batch / 256, printed; warns when a small batch makes it tiny."""
         hp = self.hparams
-        batch = self._effective_batch_size()
-        if batch is None:
-            lr = hp.base_lr
-            note = (f"maekit: learning rate {lr:.3g} (base_lr; the datamodule has no batch_size, so no "
-                    "batch scaling: set --model.lr for an absolute rate)")
-        else:
-            lr = hp.base_lr * batch / 256
-            note = f"maekit: learning rate {lr:.3g} = base_lr {hp.base_lr:.3g} x effective batch {batch} / 256"
+        batch = effective_batch_size(self.trainer)
+        lr = hp.base_lr * batch / 256
         if self.trainer.is_global_zero:
-            print(note)
-        if batch is not None and batch < self.SMALL_BATCH:
+            print(f"maekit: learning rate {lr:.3g} = base_lr {hp.base_lr:.3g} x effective batch {batch} / 256")
+        if batch < self.SMALL_BATCH:
             rank_zero_warn(
                 f"the effective batch is {batch}, so the linearly scaled learning rate is only {lr:.3g}, "
                 f"{256 / batch:.0f}x below base_lr {hp.base_lr:.3g} (a rate meant for batches of 256 and "
                 f"more); set an absolute rate, e.g. --model.lr {hp.base_lr:.3g}, or raise --data.batch_size / "
                 "--trainer.accumulate_grad_batches", category=UserWarning)
         return lr
-
-    def _effective_batch_size(self) -> int | None:
-        """Samples per optimiser step over every device; None when the datamodule has no batch_size."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        per_device = getattr(datamodule, "batch_size", None)
-        if per_device is None:
-            return None
-        return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
 
 def _first(batch: dict[str, Any], count: int) -> dict[str, Any]:

@@ -301,3 +301,14 @@ def test_coco17_keypoints_pretrain_with_body_part_masking_from_config(skeletons:
                  "--trainer.logger.init_args.save_dir", str(tmp_path)]) == 0
     losses = _metric(tmp_path / "skeleton_coco17_pretrain" / "version_0" / "metrics.csv", "train/loss_epoch")
     assert losses and math.isfinite(losses[0])
+
+
+def test_sample_generator_small_per_class_has_both_splits(tmp_path: Path) -> None:
+    """Fewer than four sequences per action still give every action a training and a test sequence."""
+    from maekit.domains.skeleton.samples import make_skeleton_dataset
+
+    make_skeleton_dataset(tmp_path / "s", per_class=2, frames=16, seed=3)
+    data = np.load(tmp_path / "s" / "ntu_synthetic.npz")
+    assert sorted(set(data["y_train"].tolist())) == sorted(set(data["y_test"].tolist())) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at least 2"):
+        make_skeleton_dataset(tmp_path / "t", per_class=1)

@@ -185,6 +185,8 @@ def make_skeleton_dataset(out: str | Path, per_class: int = 8, frames: int = 64,
         noise_body: probability of an extra static body (dropped by the two-most-active rule).
         actions: subset of `ACTIONS` (default all four).
     """
+    if per_class < 2:
+        raise ValueError(f"per_class must be at least 2 (one training and one test sequence per action), got {per_class}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     names = sorted(actions or ACTIONS, key=lambda a: ACTIONS[a])  # class index = NTU id order
@@ -211,8 +213,8 @@ def make_skeleton_dataset(out: str | Path, per_class: int = 8, frames: int = 64,
                 seen[length // 3:] = True
                 bodies.append(clutter)
                 tracked.append(seen)
-            subject = (test_subjects[i % len(test_subjects)] if i % 4 == 3
-                       else train_subjects[i % len(train_subjects)])
+            held_out = i % 4 == 3 or (per_class < 4 and i == per_class - 1)  # every split gets each action
+            subject = test_subjects[i % len(test_subjects)] if held_out else train_subjects[i % len(train_subjects)]
             # one setup per sample of a class, so names never repeat
             name = f"S{1 + i:03d}C{1 + i % 3:03d}P{subject:03d}R{1 + i % 2:03d}A{ACTIONS[action]:03d}"
             order = rng.permutation(len(bodies))  # the actor is not always the first body in the file

@@ -4,6 +4,7 @@ labelled sets beside the project when they are present; those tests skip cleanly
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import warnings
@@ -275,10 +276,16 @@ def test_rgb_configs_pretrain_then_probe(tmp_path: Path) -> None:
     assert main(["fit", "-c", str(REPO / "configs" / "rgb" / "pretrain_small.yaml"), *data, *runs, *TINY_MODEL,
                  *TINY_DECODER, "--trainer.max_epochs", "1", "--model.figure_every_n_epochs", "1"]) == 0
     ckpt = tmp_path / "runs" / "rgb_pretrain_small" / "version_0" / "checkpoints" / "last.ckpt"
-    assert main(["fit", "-c", str(REPO / "configs" / "rgb" / "probe.yaml"), *data, *runs, *TINY_MODEL,
-                 "--model.pretrained", str(ckpt), "--model.cv_folds", "2"]) == 0
-    acc = _metrics(tmp_path / "runs" / "rgb_probe" / "version_0" / "metrics.csv", "val/svm_acc")
-    assert acc and 0.0 <= acc[-1] <= 1.0
+    out = tmp_path / "probe.json"
+    assert main(["probe", "-c", str(REPO / "configs" / "rgb" / "probe.yaml"), *data, *TINY_MODEL,
+                 "--trainer.accelerator", "cpu", "--model.pretrained", str(ckpt), "--labels_per_class", "1,all",
+                 "--seeds", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    chips = [p for p in Path(root).rglob("*") if p.is_file()]
+    assert result["n_train"] + result["n_test"] == len(chips) and result["n_test"] > 0
+    for budget in ("1", "all"):
+        for model in ("pretrained", "random"):
+            assert 0.0 <= result["labels_per_class"][budget][model]["linear"] <= 1.0
 
 
 needs_eurosat = pytest.mark.skipif(not (LABELLED / "eurosat_rgb").is_dir(),

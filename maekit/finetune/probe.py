@@ -398,7 +398,7 @@ def cmd_probe(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="maekit probe", description=cmd_probe.__doc__,
         epilog="Any other --data.* / --model.* / --seed_everything option is applied to the config as by `maekit fit`.")
-    p.add_argument("-c", "--config", required=True, help="a probe config (e.g. configs/naip/probe.yaml)")
+    p.add_argument("-c", "--config", required=True, help="a probe config: a path or a shipped name (e.g. naip/probe)")
     p.add_argument("--labels_per_class", default="1,5,10,all",
                    help="label budgets: labelled training samples per class (cases for label maps), or 'all'")
     p.add_argument("--seeds", type=int, default=5, help="labelled draws per budget (one for 'all')")

@@ -245,14 +245,20 @@ def cmd_shard(argv: list[str]) -> int:
     bad = [o for o in overrides if o.startswith("-") and not o.startswith("--data")]
     if bad:
         p.error(f"unrecognised arguments: {' '.join(bad)}")
-    counts: dict[str, int] = {}
+    from maekit.progress import progress
 
-    def progress(split: str, index: int) -> None:
-        counts[split] = index + 1
-        if (index + 1) % 1000 == 0:
-            print(f"  {split}: {index + 1} samples", flush=True)
+    bars: dict[str, Any] = {}
 
-    out = write_shards(a.config, a.out, a.splits, overrides, a.chunk_bytes, a.seed, a.overwrite, progress)
+    def on_sample(split: str, index: int) -> None:
+        if split not in bars:
+            bars[split] = progress(desc=f"{split} samples", unit="sample")
+        bars[split].update(1)
+
+    try:
+        out = write_shards(a.config, a.out, a.splits, overrides, a.chunk_bytes, a.seed, a.overwrite, on_sample)
+    finally:
+        for bar in bars.values():
+            bar.close()
     manifest = read_manifest(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     parts = ", ".join(f"{s} {v['samples']}" for s, v in manifest["splits"].items())

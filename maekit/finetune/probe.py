@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from maekit.errors import ConfigError
 from maekit.finetune.frozen import linear_classifier_accuracy
+from maekit.progress import progress
 
 KNN_TEMPERATURE = 0.07
 ALL = "all"
@@ -245,7 +246,7 @@ def extract(model: nn.Module, loader: DataLoader, dense: bool, device: torch.dev
     with `dense` grid features (n, D, *grid), label maps (n, *spatial) and valid voxels."""
     model.eval().to(device)
     features, targets, valid = [], [], []
-    for batch in loader:
+    for batch in progress(loader, desc="features", unit="batch"):
         batch = _to(batch, device)
         if dense:
             tokens, x = model.encode(batch)  # type: ignore[operator]

@@ -248,7 +248,7 @@ def load_segmentation_task(checkpoint: str | Path) -> Any:
     meta = ckpt["maekit"]
     if meta.get("task") != "SegmentationTask":
         raise DataError(checkpoint, f"holds a {meta.get('task') or 'pretraining'} model; predict-scene needs a "
-                                    "fine-tuned SegmentationTask checkpoint (maekit fit -c naip/segment)")
+                                    "fine-tuned SegmentationTask checkpoint (maekit fit -c configs/naip/segment.yaml)")
     accepted = set(inspect.signature(SegmentationTask.__init__).parameters) - {"self", "adapter"}
     hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters", {})).items() if k in accepted}
     hparams["pretrained"] = None  # the checkpoint holds every weight

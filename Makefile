@@ -6,7 +6,7 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system-deps install demo demo-medical demo-pointcloud test bench clean
+.PHONY: system-deps install demo demo-medical demo-pointcloud test docs bench clean
 
 # open3d needs libusb at import time on Debian/Ubuntu; installed when missing (root or sudo)
 system-deps:
@@ -35,6 +35,10 @@ demo-pointcloud: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# the documentation site in site/ (mkdocs-material + mkdocstrings; the `docs` extra, part of `dev`)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 bench: install
 	$(PY) benchmarks/mae_step.py
 	$(PY) benchmarks/geotiff_chips.py
@@ -43,4 +47,4 @@ bench: install
 	$(PY) benchmarks/tiled_memory.py --sizes 1024 4096
 
 clean:
-	rm -rf demo_run demo_medical demo_pointcloud runs lightning_logs benchmarks/_data
+	rm -rf demo_run demo_medical demo_pointcloud runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter

@@ -6,7 +6,7 @@ from typing import Any
 
 from maekit.tokens import DomainAdapter, Tokens
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 __all__ = ["DomainAdapter", "Tokens", "__version__", "from_pretrained"]
 
 

@@ -1,6 +1,7 @@
 """The `maekit` command: Lightning's CLI (fit/validate/test/predict) plus a few kit commands.
 
-    maekit fit -c configs/naip/pretrain.yaml --data.root DIR
+    maekit fit -c naip/pretrain --data.root DIR   # -c takes a shipped config's short name or a path
+    maekit configs                     # the shipped configs, one line each
     maekit domains                     # domains, band presets and shipped configs
     maekit stats -c CONFIG             # per-band statistics of a dataset, as config YAML
     maekit sample-data OUT [--preset naip|toa|brats|ct|pointcloud|modelnet40|nerf|skeleton]
@@ -11,6 +12,7 @@
     maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
     maekit probe -c CONFIG --model.pretrained WEIGHTS  # kNN / linear probes at label budgets vs random init
     maekit weights list|info|download|add
+    maekit --version
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from maekit.config_files import CONFIG_DIR, describe, resolve_config_args, shipped_configs
 from maekit.errors import ConfigError, MaekitError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class MaekitCLI(LightningCLI):
@@ -41,6 +43,10 @@ class MaekitCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        if args is None:  # Lightning reads sys.argv itself (and DDP re-launches it): resolve there
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(args)
         self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         super().__init__(
             subclass_mode_model=True,
@@ -148,16 +154,25 @@ def cmd_domains(argv: list[str]) -> int:
             for line in load(domain.details)():
                 print(f"  {line}")
         print()
-    roots = [Path.cwd() / "configs", CONFIG_DIR]
-    seen: set[Path] = set()
-    print("configs:")
-    for root in roots:
-        if not root.is_dir() or root.resolve() in seen:
-            continue
-        seen.add(root.resolve())
-        for cfg in sorted(root.glob("*/*.yaml")):
-            first = cfg.read_text().splitlines()[0].lstrip("# ").strip() if cfg.stat().st_size else ""
-            print(f"  {cfg.relative_to(root.parent)}  {first}")
+    print("configs (maekit fit -c NAME):")
+    _print_configs()
+    return 0
+
+
+def _print_configs() -> None:
+    """One line per shipped config: its short name and its first comment line."""
+    shipped = shipped_configs()
+    width = max((len(name) for name in shipped), default=0)
+    for name, path in shipped.items():
+        print(f"  {name:{width}s}  {describe(path)}")
+    if not shipped:
+        print(f"  none found under {CONFIG_DIR}")
+
+
+def cmd_configs(argv: list[str]) -> int:
+    """List the configs shipped with maekit, by the short name that `-c` takes (`maekit fit -c naip/pretrain`)."""
+    argparse.ArgumentParser(prog="maekit configs", description=cmd_configs.__doc__).parse_args(argv)
+    _print_configs()
     return 0
 
 
@@ -297,7 +312,7 @@ def cmd_weights(argv: list[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
+EXTRA_COMMANDS = {"configs": cmd_configs, "domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
                   "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe}
 
 
@@ -318,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_overview())
         print("commands: " + ", ".join([*LIGHTNING_COMMANDS, *_commands()]))
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from maekit import __version__
+
+        print(f"maekit {__version__}")
         return 0
     try:
         extra = _commands() if argv[0] not in LIGHTNING_COMMANDS else {}

@@ -1,7 +1,7 @@
 """Fully sharded training for maekit models: FSDP with one shard unit per transformer block.
 
-    maekit fit -c configs/ct/pretrain.yaml --trainer.devices 8 --trainer.strategy fsdp_blocks
-    maekit fit -c configs/ct/pretrain.yaml --trainer.devices 8 --trainer.strategy fsdp_blocks_checkpointed
+    maekit fit -c ct/pretrain --trainer.devices 8 --trainer.strategy fsdp_blocks
+    maekit fit -c ct/pretrain --trainer.devices 8 --trainer.strategy fsdp_blocks_checkpointed
     # in Python: import maekit.strategies, then L.Trainer(strategy="fsdp_blocks", ...)
 
 Lightning's plain `fsdp` wraps the whole model as one unit, so every rank still gathers all

@@ -146,7 +146,7 @@ def test_wrong_band_count_fails_with_the_file_named(tmp_path: Path, capsys: pyte
 def test_domains_stats_and_sample_data_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["domains"]) == 0
     out = capsys.readouterr().out
-    assert "naip" in out and "sentinel2" in out and "configs/naip/pretrain.yaml" in out
+    assert "naip" in out and "sentinel2" in out and "naip/pretrain" in out
     assert main(["sample-data", str(tmp_path / "d"), "--per-class", "2", "--val-per-class", "1", "--size", "16"]) == 0
     capsys.readouterr()
     stats_file = tmp_path / "stats.yaml"

@@ -1,7 +1,7 @@
 """Streaming shards: convert any domain's dataset once into litdata chunks, then train from them.
 
-    maekit shard -c configs/naip/pretrain.yaml --out /data/naip_shards [--data.root DIR ...]
-    maekit fit -c configs/naip/pretrain.yaml --data maekit.data.StreamingShardsDataModule \
+    maekit shard -c naip/pretrain --out /data/naip_shards [--data.root DIR ...]
+    maekit fit -c naip/pretrain --data maekit.data.StreamingShardsDataModule \
         --data.root /data/naip_shards          # or s3://bucket/naip_shards
 
 Layout of a shard folder: `<split>/chunk-*.bin` + `<split>/index.json` (litdata's optimised
@@ -49,7 +49,9 @@ def datamodule_from_config(config: str | Path, overrides: Sequence[str] = ()) ->
     import yaml
     from jsonargparse import ArgumentParser
 
-    path = Path(config)
+    from maekit.config_files import resolve_config
+
+    path = Path(resolve_config(config))
     try:
         text = path.read_text()
     except OSError as err:
@@ -233,7 +235,7 @@ def cmd_shard(argv: list[str]) -> int:
     [--data.* overrides]`; train from them with `--data maekit.data.StreamingShardsDataModule
     --data.root DIR`."""
     p = argparse.ArgumentParser(prog="maekit shard", description=cmd_shard.__doc__)
-    p.add_argument("-c", "--config", required=True, help="a Lightning CLI config with a data: section")
+    p.add_argument("-c", "--config", required=True, help="a Lightning CLI config with a data: section (path or shipped name)")
     p.add_argument("--out", required=True, help="shard folder to write (local; upload it to object storage after)")
     p.add_argument("--splits", nargs="+", default=["train", "val"])
     p.add_argument("--chunk-bytes", default="64MB", help="size of each chunk file")
@@ -243,14 +245,20 @@ def cmd_shard(argv: list[str]) -> int:
     bad = [o for o in overrides if o.startswith("-") and not o.startswith("--data")]
     if bad:
         p.error(f"unrecognised arguments: {' '.join(bad)}")
-    counts: dict[str, int] = {}
+    from maekit.progress import progress
 
-    def progress(split: str, index: int) -> None:
-        counts[split] = index + 1
-        if (index + 1) % 1000 == 0:
-            print(f"  {split}: {index + 1} samples", flush=True)
+    bars: dict[str, Any] = {}
 
-    out = write_shards(a.config, a.out, a.splits, overrides, a.chunk_bytes, a.seed, a.overwrite, progress)
+    def on_sample(split: str, index: int) -> None:
+        if split not in bars:
+            bars[split] = progress(desc=f"{split} samples", unit="sample")
+        bars[split].update(1)
+
+    try:
+        out = write_shards(a.config, a.out, a.splits, overrides, a.chunk_bytes, a.seed, a.overwrite, on_sample)
+    finally:
+        for bar in bars.values():
+            bar.close()
     manifest = read_manifest(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     parts = ", ".join(f"{s} {v['samples']}" for s, v in manifest["splits"].items())

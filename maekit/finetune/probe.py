@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from maekit.errors import ConfigError
 from maekit.finetune.frozen import linear_classifier_accuracy
+from maekit.progress import progress
 
 KNN_TEMPERATURE = 0.07
 ALL = "all"
@@ -245,7 +246,7 @@ def extract(model: nn.Module, loader: DataLoader, dense: bool, device: torch.dev
     with `dense` grid features (n, D, *grid), label maps (n, *spatial) and valid voxels."""
     model.eval().to(device)
     features, targets, valid = [], [], []
-    for batch in loader:
+    for batch in progress(loader, desc="features", unit="batch"):
         batch = _to(batch, device)
         if dense:
             tokens, x = model.encode(batch)  # type: ignore[operator]
@@ -398,7 +399,7 @@ def cmd_probe(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="maekit probe", description=cmd_probe.__doc__,
         epilog="Any other --data.* / --model.* / --seed_everything option is applied to the config as by `maekit fit`.")
-    p.add_argument("-c", "--config", required=True, help="a probe config (e.g. configs/naip/probe.yaml)")
+    p.add_argument("-c", "--config", required=True, help="a probe config: a path or a shipped name (e.g. naip/probe)")
     p.add_argument("--labels_per_class", default="1,5,10,all",
                    help="label budgets: labelled training samples per class (cases for label maps), or 'all'")
     p.add_argument("--seeds", type=int, default=5, help="labelled draws per budget (one for 'all')")

@@ -19,6 +19,7 @@ from rasterio.transform import from_origin
 
 from maekit.domains.multispectral.spec import NAIP, TOA
 from maekit.domains.registry import Example, SampleOptions
+from maekit.progress import progress
 
 NAIP_CLASSES = ("cropland", "orchard", "forest", "urban")
 TOA_CLASSES = ("cirrus", "broken_cumulus", "stratus", "cloud_streets")
@@ -171,7 +172,7 @@ def make_chip_dataset(
             _write_tif(path, data, transform, crs, 0 if preset == "naip" else None, spec.bands)
 
     for split, count in (("train", per_class), ("val", val_per_class)):
-        for i in range(count * len(classes)):
+        for i in progress(range(count * len(classes)), desc=f"{split} chips", unit="chip"):
             if task == "classification":
                 label = i % len(classes)
                 write(root / split / classes[label] / f"chip_{i:05d}.tif", chip_of(label))
@@ -204,7 +205,7 @@ def make_large_raster(path: str | Path, size: int = 8192, seed: int = 0, tile: i
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.descriptions = NAIP.bands
-        for row in range(0, size, tile):
+        for row in progress(range(0, size, tile), desc="raster rows", unit="row"):
             for col in range(0, size, tile):
                 label = int(rng.integers(0, len(NAIP_CLASSES)))
                 chip = naip_like_chip(label, tile, rng, False)

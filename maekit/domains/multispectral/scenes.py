@@ -36,6 +36,7 @@ from torch import Tensor
 from maekit.domains.multispectral.readers import read_raster, resolve_band_indexes
 from maekit.errors import ConfigError, DataError
 from maekit.files import atomic_output
+from maekit.progress import progress, say
 
 Blend = Literal["cosine", "none"]
 TileModel = Callable[[dict[str, Tensor]], Tensor]
@@ -165,7 +166,7 @@ def predict_raster(
         acc = torch.zeros(num_classes, band_h, width, dtype=torch.float32)
         wsum = torch.zeros(band_h, width, dtype=torch.float32)
         valid_band = np.zeros((band_h, width), dtype=bool)
-        for k, top in enumerate(rows):
+        for k, top in enumerate(progress(rows, desc=f"{source.name}: tile rows", unit="row")):
             strip = read_raster(source, names, bands, Window(0, top, width, band_h), nodata, dataset=src)
             valid_band[:] = strip.valid
             image = torch.from_numpy(strip.image)
@@ -305,7 +306,7 @@ def cmd_predict_scene(argv: list[str]) -> int:
         adapter.set_input_channels(names)
         result = predict_raster(task, scene, a.out, task.hparams.num_classes, tile, a.overlap, file_bands, bands,
                                 a.nodata, a.batch_size, device, a.probabilities, multiple_of=patch)
-        print(f"{scene}: {result.tiles} tiles of {tile}px -> {result.classes}"
+        say(f"{scene}: {result.tiles} tiles of {tile}px -> {result.classes}"
               + (f", {result.probabilities}" if result.probabilities else ""))
     return 0
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from maekit.errors import DataError
+from maekit.progress import progress
 from maekit.tokens import ScaledInput
 
 
@@ -30,7 +31,7 @@ def band_statistics(datamodule: Any, adapter: Any | None, max_files: int = 1000)
     count = 0
     step = max(1, len(dataset) // max_files)
     files = 0
-    for i in range(0, len(dataset), step):
+    for i in progress(range(0, len(dataset), step), desc="files", unit="file"):
         item = dataset[i]
         image = item["image"].double().numpy()
         valid = item["valid"].numpy() if "valid" in item else np.ones(image.shape[1:], dtype=bool)

@@ -20,6 +20,7 @@ from maekit.domains.nerf.readers import DensityMode, alpha_to_density
 from maekit.errors import DataError
 from maekit.files import atomic_output, write_text_atomic
 from maekit.domains.registry import Example, SampleOptions
+from maekit.progress import progress, say
 
 #: voxel labels of the sample scenes (0 is empty space)
 SEMANTIC_CLASSES = ["empty", "floor", "wall", "bed", "table", "chair", "cabinet"]
@@ -125,7 +126,7 @@ def make_nerf_dataset(out: str | Path, scenes: int = 12, resolution: int = 32, d
     and a `scene_class`) plus `classes.json` under `out`; returns `out`."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    for i in range(scenes):
+    for i in progress(range(scenes), desc="scenes", unit="scene"):
         scene_class = i % len(SCENE_CLASSES)
         rgb, alpha, semantic = sample_scene(resolution, scene_class, rng)
         sigma = alpha_to_density(alpha, density)
@@ -274,11 +275,11 @@ def cmd_nerf_grid(argv: list[str]) -> int:
         jobs = [(f, target / f.relative_to(source).with_suffix(".npz")) for f in files]
     else:
         jobs = [(source, target if target.suffix == ".npz" else target.with_suffix(".npz"))]
-    for src, dst in jobs:
+    for src, dst in progress(jobs, desc="grids", unit="file"):
         grid = mesh_to_grid(src, dst, a.resolution, a.density, a.dilate, a.up)
         shape = grid["rgbsigma"].shape[:3]
         occupied = float(np.mean(grid["rgbsigma"][..., 3] > _empty_density(a.density)))
-        print(f"{src} -> {dst}: grid {shape[0]}x{shape[1]}x{shape[2]}, {100 * occupied:.1f}% occupied, "
+        say(f"{src} -> {dst}: grid {shape[0]}x{shape[1]}x{shape[2]}, {100 * occupied:.1f}% occupied, "
               f"voxel {float(grid['voxel_size']):.4g}")
     return 0
 

@@ -14,6 +14,7 @@ from maekit.lazy import lazy_import
 from maekit.domains.pointcloud.readers import open3d_module
 from maekit.files import atomic_output, write_text_atomic
 from maekit.domains.registry import Example, SampleOptions
+from maekit.progress import progress
 
 SHAPE_CLASSES = ("box", "sphere", "cylinder", "cone", "torus", "table")
 _COLOURS = {"box": (0.8, 0.5, 0.2), "sphere": (0.2, 0.6, 0.8), "cylinder": (0.3, 0.7, 0.3),
@@ -112,7 +113,7 @@ def make_pointcloud_dataset(out: str | Path, layout: Literal["folder", "modelnet
     out = Path(out)
     rng = np.random.default_rng(seed)
     names: dict[str, list[str]] = {"train": [], "test": []}
-    for kind in classes:
+    for kind in progress(classes, desc="classes", unit="class"):
         for i in range(per_class + test_per_class):
             split = "train" if i < per_class else "test"
             mesh = shape_mesh(kind, rng)

@@ -29,6 +29,7 @@ import torch
 
 from maekit.errors import ConfigError, DataError
 from maekit.files import atomic_output
+from maekit.progress import progress
 from maekit.tokens import NamedChannels, PointGroups
 
 
@@ -103,6 +104,7 @@ def embed_point_scene(
     width = None
     features: np.ndarray | None = None
     counts = np.zeros(len(xyz), dtype=np.int32)
+    bar = progress(total=len(chunks), desc="chunks", unit="chunk")
     for start in range(0, len(chunks), batch_size):
         group = chunks[start:start + batch_size]
         inputs, normalised = [], []
@@ -128,6 +130,8 @@ def embed_point_scene(
             nearest = torch.cdist(pts, centres[i]).argmin(1)
             features[chunk.index] += x[i, nearest].cpu().numpy()
             counts[chunk.index] += 1
+        bar.update(len(group))
+    bar.close()
     if features is None or (counts == 0).any():
         raise DataError("<scene>", f"{int((counts == 0).sum())} points fell in no chunk")  # a bug, not bad data
     features /= counts[:, None]

@@ -23,6 +23,7 @@ import numpy as np
 from maekit.domains.skeleton.readers import XSUB_TRAIN_SUBJECTS
 from maekit.files import atomic_output
 from maekit.domains.registry import Example, SampleOptions
+from maekit.progress import progress
 
 #: generated action -> NTU action id
 ACTIONS = {"wave": 23, "jump": 27, "walk": 59, "squat": 80}
@@ -193,7 +194,7 @@ def make_skeleton_dataset(out: str | Path, per_class: int = 8, frames: int = 64,
     train_subjects = sorted(XSUB_TRAIN_SUBJECTS)[:6]
     test_subjects = [3, 6, 7]
     records: list[tuple[str, int, np.ndarray, bool]] = []
-    for k, action in enumerate(names):
+    for k, action in enumerate(progress(names, desc="actions", unit="action")):
         for i in range(per_class):
             length = int(frames * rng.uniform(0.75, 1.25))
             actor = pose_sequence(action, length, rng)

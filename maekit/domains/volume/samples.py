@@ -11,6 +11,7 @@ import numpy as np
 
 from maekit.domains.registry import Example, SampleOptions
 from maekit.lazy import lazy_import
+from maekit.progress import progress
 
 # tissue intensities per modality (arbitrary MR units): background, WM, GM, CSF, edema, enhancing, necrosis
 _CONTRAST = {
@@ -85,7 +86,7 @@ def make_brats_dataset(root: str | Path, cases: int = 8, size: int = 32,
     rng = np.random.default_rng(seed)
     rows = ["case,grade"]
     training = []
-    for i in range(cases):
+    for i in progress(range(cases), desc="cases", unit="case"):
         images, tissue, grade = brain_phantom(size, rng)
         name = f"BraTS-PHANTOM-{i:05d}" if layout == "brats2023" else f"BraTS2021_{i:05d}"
         rows.append(f"{name},{grade}")
@@ -122,7 +123,7 @@ def make_ct_dataset(root: str | Path, cases: int = 6, size: int = 32, spacing: f
     rng = np.random.default_rng(seed)
     c = (size - 1) / 2
     z, y, x = np.mgrid[0:size, 0:size, 0:size].astype(np.float32)
-    for i in range(cases):
+    for i in progress(range(cases), desc="cases", unit="case"):
         hu = np.full((size,) * 3, -1000.0)
         label = np.zeros((size,) * 3, np.uint8)
         body = ((x - c) / (0.45 * size)) ** 2 + ((y - c) / (0.32 * size)) ** 2 < 1

@@ -8,6 +8,7 @@
     maekit shard -c CONFIG --out DIR   # convert a corpus once into streaming shards (litdata)
     maekit predict-scene CKPT SCENE.tif --out DIR      # whole GeoTIFF scenes, tiled and blended
     maekit embed-points WEIGHTS SCENE.las OUT.ply      # per-point embeddings of a large scene, in chunks
+    maekit embed CKPT CHIPS_OR_SCENE --out E.parquet   # one embedding per chip / tile / case (GeoParquet)
     maekit export CKPT OUT_DIR [--format timm|monai]  # model.safetensors + config.json + model card
     maekit probe -c CONFIG --model.pretrained WEIGHTS  # kNN / linear probes at label budgets vs random init
     maekit weights list|info|download|add
@@ -257,6 +258,13 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_embed(argv: list[str]) -> int:
+    """Encoder embeddings as a table (GeoParquet for georeferenced chips and scene tiles)."""
+    from maekit.embeddings import cmd_embed as run
+
+    return run(argv)
+
+
 def cmd_weights(argv: list[str]) -> int:
     """Pretrained weights: list, info NAME, download NAME, add NAME URL."""
     import json
@@ -305,7 +313,8 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 EXTRA_COMMANDS = {"domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
-                  "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe}
+                  "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe,
+                  "embed": cmd_embed}
 
 
 def _commands() -> dict[str, Any]:

@@ -326,11 +326,11 @@ def _volume_rows(model: nn.Module, root: Path, pooling: Pooling, device: str, ki
 # --------------------------------------------------------------------------- point clouds
 def _cloud_rows(model: nn.Module, root: Path, pooling: Pooling, device: str, points: int, seed: int
                 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
-    from maekit.domains.pointcloud.readers import normalise_unit_sphere, read_points
+    from maekit.domains.pointcloud.readers import POINT_SUFFIXES, normalise_unit_sphere, read_points
 
-    suffixes = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".txt", ".off", ".obj", ".stl", ".las", ".laz",
-                ".bin", ".npy")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes)
+    suffixes = tuple(POINT_SUFFIXES)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                 and p.suffix.lower() in suffixes)
     if not files:
         raise DataError(root, f"holds no point cloud files ({', '.join(suffixes)}){_other_domain(root, 'point cloud')}")
     adapter = model.adapter
@@ -341,9 +341,9 @@ def _cloud_rows(model: nn.Module, root: Path, pooling: Pooling, device: str, poi
         missing = [c for c in channels if c not in cloud.channels]
         if missing:
             raise DataError(path, f"lacks the channels {missing} the model takes")
+        xyz = normalise_unit_sphere(cloud.xyz).astype(np.float32)  # the whole cloud, as the datamodule does
         take = rng.choice(len(cloud), points, replace=len(cloud) < points)
-        xyz = normalise_unit_sphere(cloud.xyz[take]).astype(np.float32)
-        cols = [xyz] + [cloud.channels[c][take, None].astype(np.float32) for c in channels]
+        cols = [xyz[take]] + [cloud.channels[c][take, None].astype(np.float32) for c in channels]
         batch = {"points": torch.from_numpy(np.concatenate(cols, 1))[None].to(device)}
         embedded, has = _encode(model, batch, pooling)
         yield {"source": str(path)}, (embedded[0] if has[0] else None)

@@ -157,3 +157,31 @@ def test_volume_cases_give_plain_parquet_one_row_per_case(tmp_path: Path) -> Non
         expected = pool_features(x, None, 0, "mean")[0].numpy()
     got = np.asarray(table.column("embedding").to_pylist()[0], dtype=np.float32)
     assert got.shape == (64,) and np.abs(got - expected).max() < 1e-5
+
+
+def test_point_clouds_give_one_row_per_cloud(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from maekit.domains.pointcloud import PointCloudAdapter
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "clouds"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        np.savetxt(folder / f"{name}.xyz", rng.normal(size=(300, 3)) * (1 + ord(name) % 3), fmt="%.5f")
+    module = MAEPretrainModule(PointCloudAdapter(groups=8, group_size=16), size="nano")
+    ckpt = randomised_checkpoint(module, tmp_path / "points.ckpt")
+    out = tmp_path / "clouds.parquet"
+    assert main(["embed", str(ckpt), str(folder), "--out", str(out), "--points", "256"]) == 0
+    table = pq.read_table(out)
+    assert table.column("source").to_pylist() == [str(folder / f"{n}.xyz") for n in "abc"]
+    vectors = np.asarray(table.column("embedding").to_pylist())
+    assert vectors.shape == (3, 64) and np.isfinite(vectors).all() and np.abs(vectors[0] - vectors[1]).max() > 1e-4
+    from maekit.domains.pointcloud.readers import normalise_unit_sphere, read_points
+
+    cloud = read_points(folder / "a.xyz")  # the first cloud, sampled as `embed` does (seed 0)
+    xyz = normalise_unit_sphere(cloud.xyz).astype(np.float32)
+    take = np.random.default_rng(0).choice(len(xyz), 256, replace=False)
+    with torch.no_grad():
+        x, _ = encoder_of(ckpt)({"points": torch.from_numpy(xyz[take])[None]})
+    assert np.abs(vectors[0] - x.mean(1)[0].numpy()).max() < 1e-5

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from maekit.errors import ConfigError, DataError
 from maekit.files import atomic_output
+from maekit.lazy import lazy_import
 
 Pooling = Literal["mean", "max", "cls"]
 
@@ -359,14 +360,13 @@ def _embedding_column(vectors: list[np.ndarray], width: int) -> Any:
 
 def _write(out: Path, rows: list[dict[str, Any]], vectors: list[np.ndarray], width: int, crs: Any) -> bool:
     """Write the table (GeoParquet when `crs` is given); returns whether it has a geometry."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = lazy_import("pyarrow", "Parquet output")
+    pq = lazy_import("pyarrow.parquet", "Parquet output")
 
     columns = [k for k in rows[0] if k != "geometry"]
     with atomic_output(out) as tmp:
         if crs is not None:
-            import geopandas as gpd
-
+            gpd = lazy_import("geopandas", "GeoParquet output")
             frame = gpd.GeoDataFrame({k: [r[k] for r in rows] for k in columns},
                                      geometry=[r["geometry"] for r in rows], crs=crs.to_wkt())
             buffer = io.BytesIO()  # geopandas writes the GeoParquet metadata; the embedding column is added after

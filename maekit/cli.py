@@ -9,7 +9,8 @@
     maekit shard -c CONFIG --out DIR   # convert a corpus once into streaming shards (litdata)
     maekit predict-scene CKPT SCENE.tif --out DIR      # whole GeoTIFF scenes, tiled and blended
     maekit embed-points WEIGHTS SCENE.las OUT.ply      # per-point embeddings of a large scene, in chunks
-    maekit export CKPT OUT_DIR         # model.safetensors + config.json + model card
+    maekit embed CKPT CHIPS_OR_SCENE --out E.parquet   # one embedding per chip / tile / case (GeoParquet)
+    maekit export CKPT OUT_DIR [--format timm|monai]  # model.safetensors + config.json + model card
     maekit probe -c CONFIG --model.pretrained WEIGHTS  # kNN / linear probes at label budgets vs random init
     maekit weights list|info|download|add
     maekit --version
@@ -250,7 +251,8 @@ def cmd_probe(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    """Turn a training checkpoint into a publishable folder: model.safetensors, config.json, README.md."""
+    """Turn a training checkpoint into a publishable folder: model.safetensors, config.json, README.md
+    (--format timm: a timm VisionTransformer; --format monai: a MONAI ViT / UNETR encoder)."""
     from maekit.weights import export
 
     p = argparse.ArgumentParser(prog="maekit export", description=cmd_export.__doc__)
@@ -259,10 +261,23 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--name")
     p.add_argument("--training-data", default="", help="what it was trained on, for the model card")
     p.add_argument("--licence", default="unspecified")
+    p.add_argument("--format", choices=["maekit", "timm", "monai"], default="maekit",
+                   help="maekit (default), timm (one-group multispectral encoders) or monai (one-modality volumes)")
+    p.add_argument("--image-size", type=int, nargs="+", default=None,
+                   help="timm/monai: the input size the position table is laid out for (one edge, or each)")
+    p.add_argument("--proj-type", choices=["conv", "perceptron"], default="conv", help="monai: patch embedding")
     a = p.parse_args(argv)
-    out = export(a.checkpoint, a.out_dir, a.training_data, a.licence, a.name)
+    size = a.image_size[0] if a.image_size and len(a.image_size) == 1 else a.image_size
+    out = export(a.checkpoint, a.out_dir, a.training_data, a.licence, a.name, a.format, size, a.proj_type)
     print(f"exported {out}: {', '.join(sorted(f.name for f in out.iterdir()))}")
     return 0
+
+
+def cmd_embed(argv: list[str]) -> int:
+    """Encoder embeddings as a table (GeoParquet for georeferenced chips and scene tiles)."""
+    from maekit.embeddings import cmd_embed as run
+
+    return run(argv)
 
 
 def cmd_weights(argv: list[str]) -> int:
@@ -313,7 +328,8 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 EXTRA_COMMANDS = {"configs": cmd_configs, "domains": cmd_domains, "stats": cmd_stats, "sample-data": cmd_sample_data,
-                  "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe}
+                  "shard": cmd_shard, "export": cmd_export, "weights": cmd_weights, "probe": cmd_probe,
+                  "embed": cmd_embed}
 
 
 def _commands() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from maekit.errors import MaekitError
 
 #: top-level package -> the `pip install maekit[...]` extra that provides it (pyproject.toml)
 EXTRA_OF: dict[str, str] = {
-    "rasterio": "geo", "torchgeo": "geo", "requests": "geo",
+    "rasterio": "geo", "torchgeo": "geo", "requests": "geo", "geopandas": "geo", "pyarrow": "geo",
     "monai": "medical", "nibabel": "medical", "pydicom": "medical",
     "open3d": "3d", "h5py": "3d", "sklearn": "3d",
     "laspy": "lidar", "litdata": "scale",

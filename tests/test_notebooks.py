@@ -13,7 +13,7 @@ from .conftest import REALDATA, REPO
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 #: what each tutorial must print (its results), so a silently skipped step fails the test
 EXPECTED_TEXT = {
-    "remote_sensing": ["pretrained", "vs random"],
+    "remote_sensing": ["pretrained", "vs random", "nearest tiles are"],
     "medical": ["correlation of synthesised and real FLAIR", "validation Dice per class"],
     "nerf": ["pretraining loss reached", "voxel labelling Dice"],
     "pointcloud": ["pretraining loss reached", "linear SVM accuracy: pretrained", "fine-tuned accuracy with 5 votes"],

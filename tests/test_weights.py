@@ -316,3 +316,23 @@ def test_builtin_registry_entry_is_marked_unverified() -> None:
     assert entry["url"].startswith("https://huggingface.co/timm/vit_base_patch16_224.mae/")
     with pytest.raises(WeightsError, match="no sha256 is pinned"):
         from_pretrained("mae-vit-base-imagenet")
+
+
+def test_fine_tuned_checkpoint_with_a_class_token_loads_with_it(tmp_path: Path) -> None:
+    """A fine-tuning task's checkpoint records its class token, so `from_pretrained` rebuilds the
+    encoder with it (it used to be built without one and the load failed)."""
+    import maekit
+
+    torch.manual_seed(int(torch.randint(0, 10_000, ())))
+    task = ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8), num_classes=3, size="nano",
+                              class_token=True)
+    with torch.no_grad():
+        for p in task.parameters():
+            p.normal_(0, 0.2)
+    record: dict = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(record)
+    assert record["maekit"]["class_token"] is True
+    torch.save(record, tmp_path / "task.ckpt")
+    loaded = maekit.from_pretrained(tmp_path / "task.ckpt")  # the top-level front door
+    assert loaded.encoder.num_prefix == 1
+    assert torch.equal(loaded.encoder.state_dict()["cls_token"], task.encoder.state_dict()["cls_token"])

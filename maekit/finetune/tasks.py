@@ -91,7 +91,7 @@ class EncoderTask(LossGuard, L.LightningModule):
         """Record what rebuilds the encoder for `maekit export`."""
         self.check_loss_before_saving()
         checkpoint["maekit"] = {"adapter": self.adapter.config(), "size": self.hparams.size, "prefix": "",
-                                "task": type(self).__name__}
+                                "class_token": self.encoder.num_prefix > 0, "task": type(self).__name__}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_training_batch(self.trainer)  # dropout / drop path repeat exactly on resume

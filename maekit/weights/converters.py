@@ -140,6 +140,58 @@ def _apply_table(state: dict[str, Tensor], table: list[tuple[str, str]], out: di
     return unmatched
 
 
+def _capturing_groups(pattern: str) -> list[tuple[int, int]]:
+    """(start, end) spans of the capturing groups of a key-table pattern (unnested, no `(?`)."""
+    spans: list[tuple[int, int]] = []
+    start = None
+    for i, ch in enumerate(pattern):
+        escaped = i > 0 and pattern[i - 1] == "\\"
+        if ch == "(" and not escaped:
+            if start is not None or pattern[i + 1:i + 2] == "?":
+                raise ValueError(f"key-table pattern {pattern!r} has nested or special groups")
+            start = i
+        elif ch == ")" and not escaped:
+            if start is None:
+                raise ValueError(f"unbalanced key-table pattern {pattern!r}")
+            spans.append((start, i + 1))
+            start = None
+    return spans
+
+
+def invert_table(table: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The same renaming the other way: (pattern, replacement) entries that map every key the
+    table produces back to the key it came from (used by the exports to timm and MONAI, so the
+    key correspondence is written once). Patterns may hold literal text, escaped dots and
+    unnested capturing groups; every group must be used in the replacement."""
+    inverted = []
+    for pattern, target in table:
+        spans = _capturing_groups(pattern)
+        parts = re.split(r"\\(\d)", target)  # literal, group number, literal, ...
+        order = [int(n) for n in parts[1::2]]
+        if sorted(order) != list(range(1, len(spans) + 1)):
+            raise ValueError(f"key-table entry {pattern!r} -> {target!r} cannot be inverted: each group once")
+        inverse_pattern = "".join(re.escape(p) if i % 2 == 0 else pattern[slice(*spans[int(p) - 1])]
+                                  for i, p in enumerate(parts))
+        pieces, last = [], 0
+        for j, (start, end) in enumerate(spans, start=1):
+            pieces += [pattern[last:start], f"\\g<{order.index(j) + 1}>"]
+            last = end
+        pieces.append(pattern[last:])
+        literal = [p for k, p in enumerate(pieces) if k % 2 == 0]
+        if any(not re.fullmatch(r"(?:[A-Za-z0-9_]|\\\.)*", p) for p in literal):
+            raise ValueError(f"key-table pattern {pattern!r} has regex syntax outside its groups")
+        inverse_target = "".join(p.replace("\\.", ".") if k % 2 == 0 else p for k, p in enumerate(pieces))
+        inverted.append((inverse_pattern, inverse_target))
+    return inverted
+
+
+def rename(state: dict[str, Tensor], table: list[tuple[str, str]]) -> tuple[dict[str, Tensor], list[str]]:
+    """`state` renamed by `table` (first matching entry wins) and the keys no entry matched."""
+    out: dict[str, Tensor] = {}
+    unmatched = _apply_table(state, table, out, lambda key: False)
+    return out, unmatched
+
+
 def _grid_table(pos: Tensor, grid: tuple[int, ...]) -> tuple[Tensor, int]:
     """A (G^dims, D) learned table with max_grid G = max(grid) holding the (prod(grid), D)
     row-major positions `pos`; slots outside a non-square grid stay zero (never looked up)."""

@@ -1,6 +1,8 @@
 """`maekit export CKPT OUT_DIR`: a training checkpoint -> a publishable folder.
 
-The folder holds `model.safetensors` (all weights of the model, under the names the kit
+`--format timm|monai` writes the other libraries' own layouts instead (`maekit.weights.ecosystem`).
+
+The kit's folder holds `model.safetensors` (all weights of the model, under the names the kit
 loads), `config.json` (how to rebuild it: adapter class and arguments, sizes, bands or
 modalities, statistics, patch size, training data, metrics) and a model card `README.md`.
 """
@@ -11,9 +13,10 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from maekit.errors import DataError
+from maekit.errors import ConfigError, DataError
 from maekit.files import write_text_atomic
 from maekit.weights.formats import read_checkpoint, refuse_sharded_checkpoint
 
@@ -23,10 +26,26 @@ FORMAT = "maekit-weights/1"
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, training_data: str = "", licence: str = "unspecified",
-           name: str | None = None) -> Path:
+           name: str | None = None, format: Literal["maekit", "timm", "monai"] = "maekit",
+           image_size: int | Sequence[int] | None = None, proj_type: Literal["conv", "perceptron"] = "conv") -> Path:
     """Write the publishable folder for `checkpoint`; returns it. Written to a temporary folder
-    first and moved into place, so a failed export leaves no partial folder."""
+    first and moved into place, so a failed export leaves no partial folder.
+
+    `format`: `maekit` (this kit's folder, below), `timm` (a timm `VisionTransformer`) or
+    `monai` (a MONAI `ViT`), see `maekit.weights.ecosystem`; `image_size` is the input size the
+    timm/MONAI model is laid out for, `proj_type` MONAI's patch embedding (conv or perceptron)."""
     from safetensors.torch import save_file
+
+    if format in ("timm", "monai"):
+        from maekit.weights.ecosystem import export_monai, export_timm
+
+        if format == "timm":
+            return export_timm(checkpoint, out_dir, image_size)
+        return export_monai(checkpoint, out_dir, image_size, proj_type)
+    if format != "maekit":
+        raise ConfigError(f"unknown export format {format!r}: maekit, timm or monai")
+    if image_size is not None:
+        raise ConfigError("image_size applies to the timm and monai formats only")
 
     ckpt = read_checkpoint(checkpoint)
     meta = dict(ckpt["maekit"])

@@ -266,12 +266,3 @@ def test_dicom_series_in_a_ct_folder(tmp_path: Path) -> None:
     (tmp_path / "bad" / "x.dcm").write_bytes(b"nope")
     with pytest.raises(DataError, match="bad: cannot be read as a DICOM series"):
         load_case(Case("bad", {"ct": (tmp_path / "bad", None)}), ["ct"], kind="ct")
-
-
-def test_medical_demo_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from maekit import demo_medical
-
-    result = demo_medical.main(["--out", str(tmp_path), "--cases", "4", "--epochs", "1", "--labelled", "1",
-                                "--finetune-epochs", "1"])
-    assert len(result["pretrained"]) == 3 and all(0.0 <= d <= 1.0 for d in result["pretrained"] + result["scratch"])
-    assert "scratch" in capsys.readouterr().out

@@ -225,13 +225,18 @@ def test_learned_position_table_is_interpolated_to_a_new_grid(tmp_path: Path) ->
     source = MAEPretrainModule(MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=4),
                                size="nano")
     ckpt = tmp_path / "p.ckpt"
+    with torch.no_grad():
+        source.adapter.pos_table.table.normal_()  # a table with structure to interpolate
     torch.save({"state_dict": source.state_dict(), "maekit": {"adapter": source.adapter.config(), "size": "nano",
                                                                "prefix": "mae."}}, ckpt)
-    with pytest.warns(UserWarning, match="position table interpolated"):
+    message = r"position table interpolated \(bicubic.*from \(16, 64\) entries to \(64, 64\)"
+    with pytest.warns(UserWarning, match=message):
         task = ClassificationTask(MultispectralAdapter(preset="naip", patch_size=8, position="learned", max_grid=8),
                                   num_classes=2, size="nano", pretrained=str(ckpt))
     table = task.adapter.pos_table.table
-    assert table.shape == (64, 64) and torch.isfinite(table).all()
+    grid = source.adapter.pos_table.table.detach().T.reshape(1, 64, 4, 4)  # (width, rows, cols), as MAE's helper
+    expected = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    assert torch.allclose(table, expected.reshape(64, 64).T, atol=1e-6)
 
 
 def test_timm_vit_converter_matches_timm_features(tmp_path: Path) -> None:

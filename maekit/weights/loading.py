@@ -216,8 +216,13 @@ def _adapt(state: dict[str, Tensor], own: dict[str, Tensor], module: nn.Module, 
     channel name. Every change is added to `notes`."""
     key = "adapter.pos_table.table"
     if key in state and key in own and state[key].shape != own[key].shape:
+        before = tuple(state[key].shape)
         state = dict(state, **{key: _interpolate_table(state[key], own[key], module)})
-        notes.append(f"position table interpolated from {tuple(state[key].shape)} entries to {tuple(own[key].shape)}")
+        grid = getattr(getattr(module, "adapter", None), "max_grid", None)
+        notes.append(f"position table interpolated (bicubic, as MAE/timm) from {before} entries to "
+                     f"{tuple(own[key].shape)}" + (f" (max_grid {grid} per axis; smaller inputs read its first rows: "
+                                                  "set max_grid to the input's patch grid to match upstream exactly)"
+                                                  if grid else ""))
     target = getattr(module, "adapter", None)
     source_spec = (config or {}).get("adapter")
     if source_spec and isinstance(getattr(target, "groups", None), list) and hasattr(target, "channels"):  # grouped channels

@@ -26,9 +26,6 @@ projection), Point-MAE and skeleton tokens (not patches of a grid).
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from maekit.errors import ConfigError, DataError
-from maekit.files import write_text_atomic
+from maekit.weights.formats import write_weights_folder
 from maekit.weights.converters import MONAI_BLOCK_TABLE, TIMM_VIT_TABLE, invert_table, rename
 
 __all__ = ["export_monai", "export_timm", "match_layer_norm_eps", "to_monai", "to_timm"]
@@ -287,25 +284,8 @@ def _default_size(model: nn.Module, source: str | Path, image_size: int | Sequen
 
 
 def _write_folder(out_dir: str | Path, state: dict[str, Tensor], config: dict[str, Any], card: str) -> Path:
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(out_dir, "already exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        save_file({k: v.detach().contiguous().float() for k, v in state.items()}, str(staging / "model.safetensors"),
-                  metadata={"format": "pt"})
-        write_text_atomic(staging / "config.json", json.dumps(config, indent=2) + "\n")
-        write_text_atomic(staging / "README.md", card)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir
+    tensors = {k: v.detach().contiguous().float() for k, v in state.items()}
+    return write_weights_folder(out_dir, tensors, config, card, "pt")
 
 
 def export_timm(source: str | Path, out_dir: str | Path, image_size: int | Sequence[int] | None = None) -> Path:
@@ -335,7 +315,7 @@ def export_monai(source: str | Path, out_dir: str | Path, image_size: int | Sequ
     model = _load(source)
     state, config = to_monai(model, _default_size(model, source, image_size), proj_type)
     args = config["vit_args"]
-    use = (["from monai.networks.nets import UNETR", f"net = UNETR(out_channels=N, **cfg['unetr_args'])",
+    use = (["from monai.networks.nets import UNETR", "net = UNETR(out_channels=N, **cfg['unetr_args'])",
             "net.vit.load_state_dict(load_file('model.safetensors'))"] if config["unetr_compatible"] else
            ["from monai.networks.nets import ViT", "vit = ViT(**cfg['vit_args'])",
             "vit.load_state_dict(load_file('model.safetensors'))"])

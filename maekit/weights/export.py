@@ -9,16 +9,12 @@ modalities, statistics, patch size, training data, metrics) and a model card `RE
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from maekit.errors import ConfigError, DataError
-from maekit.files import write_text_atomic
-from maekit.weights.formats import read_checkpoint, refuse_sharded_checkpoint
+from maekit.errors import ConfigError
+from maekit.weights.formats import read_checkpoint, refuse_sharded_checkpoint, write_weights_folder
 
 __all__ = ["FORMAT", "export", "model_card", "read_checkpoint", "refuse_sharded_checkpoint"]
 
@@ -34,8 +30,6 @@ def export(checkpoint: str | Path, out_dir: str | Path, training_data: str = "",
     `format`: `maekit` (this kit's folder, below), `timm` (a timm `VisionTransformer`) or
     `monai` (a MONAI `ViT`), see `maekit.weights.ecosystem`; `image_size` is the input size the
     timm/MONAI model is laid out for, `proj_type` MONAI's patch embedding (conv or perceptron)."""
-    from safetensors.torch import save_file
-
     if format in ("timm", "monai"):
         from maekit.weights.ecosystem import export_monai, export_timm
 
@@ -64,22 +58,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, training_data: str = "",
               "patch_size": adapter_args.get("patch_size"), "training_data": training_data,
               "epochs": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "metrics": metrics,
               "licence": licence}
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(out_dir, "already exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        save_file(state, str(staging / "model.safetensors"), metadata={"format": FORMAT})
-        write_text_atomic(staging / "config.json", json.dumps(config, indent=2) + "\n")
-        write_text_atomic(staging / "README.md", model_card(config))
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir
+    return write_weights_folder(out_dir, state, config, model_card(config), FORMAT)
+
 
 
 def model_card(config: dict[str, Any]) -> str:

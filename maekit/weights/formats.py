@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from maekit.errors import ConfigError, DataError
+from maekit.files import write_text_atomic
 from maekit.tokens import DomainAdapter
 
 #: a kit checkpoint's adapter + encoder sit under one of these prefixes
@@ -172,3 +175,27 @@ def build_adapter(spec: dict[str, Any]) -> DomainAdapter:
         raise ConfigError(f"refusing to build adapter {spec['class_path']!r}: only maekit adapters are loaded")
     cls = getattr(importlib.import_module(module), name)
     return cls(**spec.get("init_args", {}))  # bands/modalities beside init_args are descriptive only
+
+
+def write_weights_folder(out_dir: str | Path, state: dict[str, Any], config: dict[str, Any], card: str,
+                         file_format: str) -> Path:
+    """`out_dir` with model.safetensors + config.json + README.md, written whole or not at all
+    (staged beside it, then renamed); an existing non-empty folder is refused."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(out_dir, "already exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": file_format})
+        write_text_atomic(staging / "config.json", json.dumps(config, indent=2) + "\n")
+        write_text_atomic(staging / "README.md", card)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir

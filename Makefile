@@ -6,7 +6,7 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system-deps install demo demo-medical demo-pointcloud test docs bench clean
+.PHONY: system-deps install demo demo-medical demo-pointcloud test docs bench realdata clean
 
 # open3d needs libusb at import time on Debian/Ubuntu; installed when missing (root or sudo)
 system-deps:
@@ -39,6 +39,12 @@ test: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
+# real labelled data (../shared/realdata-labelled; skips with a message when absent): pretrain, then probe
+# (about 10 CPU minutes per set on 2 quiet cores; not part of `make test`). REALDATA=DIR to read elsewhere
+REALDATA ?= ../shared/realdata-labelled
+realdata: install
+	$(PY) -m maekit.realdata --data $(REALDATA) --out realdata_out
+
 bench: install
 	$(PY) benchmarks/mae_step.py
 	$(PY) benchmarks/geotiff_chips.py
@@ -47,4 +53,4 @@ bench: install
 	$(PY) benchmarks/tiled_memory.py --sizes 1024 4096
 
 clean:
-	rm -rf demo_run demo_medical demo_pointcloud runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter
+	rm -rf demo_run demo_medical demo_pointcloud realdata_out runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter

@@ -199,7 +199,7 @@ def test_probe_cli_dense_dice_on_volumes(tmp_path: Path) -> None:
             assert "dice_std" in result["labels_per_class"][budget][model]
 
 
-@pytest.mark.parametrize("domain", ["naip", "sentinel2", "ct", "pointcloud", "skeleton"])
+@pytest.mark.parametrize("domain", ["naip", "sentinel2", "ct", "pointcloud", "skeleton", "rgb", "mri"])
 def test_shipped_probe_configs_build_a_frozen_feature_model(domain: str, tmp_path: Path) -> None:
     from maekit.cli import MaekitCLI
     from maekit.finetune.frozen import FrozenFeatureEvaluation

@@ -198,3 +198,55 @@ def test_skeleton_pretrain_probe_finetune_and_coco17(tmp_path_factory: pytest.Te
     fit("skeleton/finetune.yaml", runs, "--data.root", skeletons, "--model.pretrained", pre, *classes, *small)
     fit("skeleton/pretrain_coco17.yaml", runs, "--data.root", data / "coco17_synthetic.npz", *small)
 
+
+
+# ------------------------------------------------------------------------------ every shipped config
+#: configs that read something other than `--data.root`
+DATA_ARGS = {"naip/pretrain_torchgeo.yaml": "--data.paths"}
+SMALL = {"rgb", "mri"}  # tiny already: built at their shipped size
+#: what nano needs besides its size
+AT_NANO = {"ct/pretrain.yaml": ["--model.decoder_reads", "[1,2]"]}
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")))
+def test_every_shipped_config_builds_its_model_and_datamodule(config: str, tmp_path: Path) -> None:
+    """Each shipped config parses and instantiates (large encoders at nano size, for time; the
+    small-data configs as shipped)."""
+    from maekit.cli import MaekitCLI
+
+    if config == "naip/pretrain_shards.yaml":
+        pytest.skip("reads a shard manifest at construction: built in tests/test_shards.py")
+    small = "small" in config or "kinect20" in config or config.split("/")[0] in SMALL
+    args = ["-c", str(CONFIGS / config), DATA_ARGS.get(config, "--data.root"), str(tmp_path)]
+    built = MaekitCLI(args=args if small else [*args, *NANO, *AT_NANO.get(config, [])], run=False)
+    assert built.model is not None and built.datamodule is not None
+    if "pretrain_small" in config:  # small means small: ~1 M parameters (decoder included)
+        assert sum(p.numel() for p in built.model.parameters()) < 5_000_000
+
+
+def _pretrain_small_data(domain: str, tmp: pytest.TempPathFactory) -> Path:
+    """Generated data in the layout each domain's pretrain_small config reads."""
+    if domain == "rgb":
+        from maekit.domains.multispectral.samples import make_picture_dataset
+        return make_picture_dataset(tmp.mktemp("rgb") / "chips", per_class=2, size=16, seed=2)
+    if domain == "mri":
+        from maekit.domains.volume.samples import make_pairs_dataset
+        return make_pairs_dataset(tmp.mktemp("mri") / "set", cases=4, shape=(16, 20, 16), unlabelled=1, seed=5)
+    if domain == "sentinel2":
+        return _sentinel2_chips(tmp.mktemp("s2") / "chips", count=4, size=16)
+    if domain == "skeleton":
+        return sample(tmp, "skeleton", "--per-class", "2") / "skeletons"
+    preset, extra = {"naip": ("naip", ["--size", "64"]), "toa": ("toa", ["--size", "16"]),
+                     "brats": ("brats", ["--size", "16"]), "ct": ("ct", ["--size", "16"]),
+                     "pointcloud": ("modelnet40", ["--size", "1100"]), "nerf": ("nerf", ["--size", "16"])}[domain]
+    return sample(tmp, preset, "--per-class", "2", *(["--val-per-class", "1"] if preset in {"naip", "toa", "modelnet40"}
+                                                     else []), *extra)
+
+
+@pytest.mark.parametrize("domain", sorted(p.parent.name for p in CONFIGS.glob("*/pretrain_small.yaml")))
+def test_every_pretrain_small_config_fits_one_step(domain: str, tmp_path_factory: pytest.TempPathFactory,
+                                                   tmp_path: Path) -> None:
+    """One optimiser step of each shipped small-data recipe, as shipped (patch sizes, bands,
+    masking, model and decoder size), on generated data; only run length, batch and paths set."""
+    root = _pretrain_small_data(domain, tmp_path_factory)
+    fit(f"{domain}/pretrain_small.yaml", tmp_path / "runs", "--data.root", root, "--data.batch_size", "2")

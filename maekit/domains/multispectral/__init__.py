@@ -16,17 +16,23 @@ __getattr__ = lazy_exports(__name__, {
     "RandomWindowDataset": f"{_HERE}.windows", "RasterDataModule": f"{_HERE}.windows",
     "GeoSamplerDataModule": f"{_HERE}.torchgeo", "TorchGeoClassificationDataModule": f"{_HERE}.torchgeo",
     "make_chip_dataset": f"{_HERE}.samples",
+    "TemporalMultispectralAdapter": f"{_HERE}.temporal", "TemporalMixin": f"{_HERE}.temporal",
+    "TimeSeriesDataModule": f"{_HERE}.timeseries", "TimeSeriesDataset": f"{_HERE}.timeseries",
+    "make_time_series_dataset": f"{_HERE}.temporal_samples",
 })
 __all__ = ["BandPreset", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule", "MultispectralAdapter",
-           "PRESETS", "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "get_preset",
-           "make_chip_dataset", "read_chip", "read_raster"]
+           "PRESETS", "RandomWindowDataset", "RasterDataModule", "TemporalMixin", "TemporalMultispectralAdapter",
+           "TimeSeriesDataModule", "TimeSeriesDataset", "TorchGeoClassificationDataModule", "get_preset",
+           "make_chip_dataset", "make_time_series_dataset", "read_chip", "read_raster"]
 
 register_domain(
     "multispectral",
     adapter=f"{_HERE}.adapter:MultispectralAdapter",
     datamodules=[f"{_HERE}.datamodule:ChipDataModule", f"{_HERE}.windows:RasterDataModule",
-                 f"{_HERE}.torchgeo:GeoSamplerDataModule", f"{_HERE}.torchgeo:TorchGeoClassificationDataModule"],
-    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data"},
+                 f"{_HERE}.torchgeo:GeoSamplerDataModule", f"{_HERE}.torchgeo:TorchGeoClassificationDataModule",
+                 f"{_HERE}.timeseries:TimeSeriesDataModule"],
+    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data",
+             "timeseries": f"{_HERE}.temporal_samples:sample_data"},
     extra="geo",
     description="band groups of GeoTIFF / npz chips, whole rasters and torchgeo datasets; band presets:",
     example=f"{_HERE}.samples:example",

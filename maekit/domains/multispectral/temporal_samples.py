@@ -136,7 +136,8 @@ def _pick_single_dates(batch: dict, train: bool, generator: "torch.Generator") -
 
 def phenology_experiment(root: str | Path, mode: Literal["temporal", "single"], epochs: int = 40,
                          shuffle_labels: bool = False, num_frames: int = 6, seed: int = 0,
-                         size: str = "nano", lr: float = 1e-3, batch_size: int = 24) -> dict[str, float]:
+                         size: str = "nano", lr: float = 1e-3, batch_size: int = 24,
+                         layout: Literal["folders", "stacks"] = "folders") -> dict[str, float]:
     """Crop type from a generated time series (`make_time_series_dataset`): a randomly initialised
     temporal encoder (band groups + date code) with a linear head, trained briefly end to end on
     every date (`temporal`) or on one date per sample (`single`, with its date), then scored on
@@ -150,7 +151,8 @@ def phenology_experiment(root: str | Path, mode: Literal["temporal", "single"], 
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    dm = TimeSeriesDataModule(str(root), num_frames=num_frames, task="classification", batch_size=batch_size)
+    dm = TimeSeriesDataModule(str(root), layout=layout, num_frames=num_frames, task="classification",
+                              batch_size=batch_size)
     dm.setup()
 
     def load(name: str) -> dict:

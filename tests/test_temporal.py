@@ -292,3 +292,15 @@ def test_temporal_beats_single_date_on_phenology(tmp_path: Path) -> None:
     assert temporal["val_acc"] >= single["val_acc"] + 0.1, (temporal, single)
     assert temporal["val_acc"] >= 0.5, temporal
     assert shuffled["val_acc"] <= 0.5, shuffled
+
+
+def test_small_temporal_config_trains_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from maekit.cli import main
+
+    root = make_time_series_dataset(tmp_path / "ts", per_class=4, val_per_class=1, seed=0)
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "multispectral" / "pretrain_temporal_small.yaml"
+    code = main(["fit", "-c", str(config), "--data.root", str(root), "--trainer.max_epochs", "1",
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"])
+    assert code in (0, None)
+    assert list((tmp_path / "runs" / "temporal_pretrain_small").rglob("last.ckpt"))

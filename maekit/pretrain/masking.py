@@ -113,13 +113,47 @@ class BlockMasking(MaskGenerator):
         self.cell_size = cell_size
 
     def score(self, tokens: Tokens) -> Tensor:
-        cells = torch.floor(tokens.coords.float() / self.cell_size).long()
-        primes = torch.tensor([73856093, 19349663, 83492791, 2654435761][: cells.shape[-1]],
-                              device=cells.device)
+        cells = torch.floor(torch.nan_to_num(tokens.coords.float()) / self.cell_size).long()
+        base = [73856093, 19349663, 83492791, 2654435761]
+        primes = torch.tensor([base[i % len(base)] for i in range(cells.shape[-1])], device=cells.device)
         cell_id = ((cells * primes).sum(-1) + tokens.group * 1000003) % self._TABLE
         table = torch.rand(cells.shape[0], self._TABLE, device=cells.device)
         jitter = torch.rand(tokens.present.shape, device=cells.device)
         return 0.999 * torch.gather(table, 1, cell_id) + 0.001 * jitter
+
+
+class TubeMasking(MaskGenerator):
+    """VideoMAE's tube masking for time series: a spatial patch is hidden (or shown) at every date
+    together, so the encoder cannot copy a masked patch from another date of the same place.
+
+    Every (row, col) cell (and band group, with `per_group`) draws one random score per sample,
+    shared by all its frames; the visible budget takes the lowest-scoring tubes. Only the tube
+    at the budget's edge may be shown at some of its dates (a little jitter orders its tokens), so
+    the budget stays exact. Frames that are absent simply do not count.
+
+    Args:
+        mask_ratio: fraction of present tokens to hide (VideoMAE: 0.9).
+        axes: the spatial coordinate columns of `Tokens.coords` that name a tube (default row, col).
+        per_group: tubes are per band group (True) or span every group of the patch (False).
+    """
+
+    _TABLE = 8191
+
+    def __init__(self, mask_ratio: float = 0.75, axes: list[int] | None = None, per_group: bool = True) -> None:
+        super().__init__(mask_ratio)
+        self.axes = list(axes) if axes is not None else [0, 1]
+        self.per_group = per_group
+
+    def score(self, tokens: Tokens) -> Tensor:
+        cells = tokens.coords[..., self.axes].round().long()
+        primes = (73856093, 19349663, 83492791)
+        uid = sum(cells[..., i] * primes[i % len(primes)] for i in range(len(self.axes)))
+        if self.per_group:
+            uid = uid + tokens.group.long() * 1000003
+        uid = uid % self._TABLE
+        table = torch.rand(cells.shape[0], self._TABLE, device=cells.device)
+        jitter = torch.rand(tokens.present.shape, device=cells.device)
+        return 0.999 * torch.gather(table, 1, uid) + 0.001 * jitter
 
 
 class GroupDirichletMasking(MaskGenerator):

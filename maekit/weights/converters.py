@@ -547,7 +547,8 @@ def _prithvi_frames_from_table(pos: Tensor) -> int | None:
 
 
 def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None = None, num_frames: int | None = None,
-                    upstream_config: dict[str, Any] | None = None, image_size: int | None = None) -> Converted:
+                    upstream_config: dict[str, Any] | None = None, image_size: int | None = None,
+                    temporal: bool = False) -> Converted:
     """Prithvi-EO 1.0 (`Prithvi_100M.pt`: ViT-B, 3 frames) or 2.0 (`Prithvi_EO_V2_300M.pt` and
     600M, keys under `encoder.`/`decoder.`, optional `-TL` date/location scales; every 2.0
     release is trained with 4 frames) as a single-image `MultispectralAdapter` with one group of
@@ -569,7 +570,18 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
     `_interpolate_pos_encoding`). A tubelet over several frames would be summed over time.
     Date/location encodings (`*_embed_enc.scale`) have no maekit input: not mapped, reported.
     LayerNorm eps 1e-5 (`nn.LayerNorm`, as Prithvi builds its blocks). Statistics: Prithvi's
-    published per-band mean/std (HLS reflectance x 10000)."""
+    published per-band mean/std (HLS reflectance x 10000).
+
+    `temporal=True` loads the model as it was trained, on time series: a
+    `TemporalMultispectralAdapter` whose positions are Prithvi's 3D sin-cos table split into its
+    spatial part (the learned table holds column | row, the time channels zeroed) and its frame
+    part (`frame_position: prithvi`, sin-cos of the frame index in the last 4/16 channels), so
+    1..T dates get the rows of a table built for their count, as terratorch does. The `-TL`
+    encodings map onto the adapter's date and location codes (`temporal_embed_enc.scale` ->
+    `adapter.time_scale`, `location_embed_enc.scale` -> `adapter.location_scale`); they apply
+    when the batch carries `dates` (year, day of year) and `latlon` (lat, lon), as upstream
+    applies them when given `temporal_coords` / `location_coords`. Needs the published sin-cos
+    table (Prithvi's `pos_embed` is a fixed buffer)."""
     state = unwrap(state)
     v2 = any(k.startswith("encoder.") for k in state)
     enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} if v2 else dict(state)
@@ -608,6 +620,8 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
         table = prithvi_sincos_table(width, [frame], grid).to(pos.dtype)
     else:
         table = resize_table_bicubic(block, side, grid, align_corners=True)
+    if temporal:
+        return _prithvi_temporal(enc, state, v2, weight, stack, frames, how, side, grid, published, dropped)
     out: dict[str, Tensor] = {
         "adapter.patch_embed.0.weight": weight.sum(2).reshape(width, -1),
         "adapter.patch_embed.0.bias": enc["patch_embed.proj.bias"],
@@ -630,6 +644,55 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
             "recomputed from Prithvi's 3D sin-cos formula (as terratorch builds it for the input size)" if published
             else "bicubic interpolation (align_corners=True, as terratorch's _interpolate_pos_encoding)"))
     return config, out, {"dropped": dropped, "not_mapped": not_mapped, "unmatched": unmatched}
+
+
+def _prithvi_temporal(enc: dict[str, Tensor], state: dict[str, Tensor], v2: bool, weight: Tensor,
+                      stack: dict[str, Any], frames: int, how: str, side: int, grid: int, published: bool,
+                      dropped: list[str]) -> Converted:
+    """`convert_prithvi(..., temporal=True)`: see its docstring."""
+    width, _, tubelet, patch, _ = weight.shape
+    if tubelet != 1:
+        raise ConfigError(f"Prithvi's patch embedding spans {tubelet} frames; the temporal path needs tubelet 1 "
+                          "(as every released Prithvi-EO-2.0 checkpoint has)")
+    if not published:
+        raise ConfigError("temporal=True needs Prithvi's fixed 3D sin-cos pos_embed; this table is not it "
+                          "(load it single-date, temporal=False)")
+    spatial = prithvi_sincos_table(width, [0], grid)
+    spatial[:, width // 16 * 12:] = 0.0  # the frame part is added per token by the adapter
+    pos = enc["pos_embed"][0]
+    out: dict[str, Tensor] = {
+        "adapter.patch_embed.0.weight": weight[:, :, 0].reshape(width, -1),
+        "adapter.patch_embed.0.bias": enc["patch_embed.proj.bias"],
+        "adapter.pos_table.table": spatial.to(pos.dtype),
+        "encoder.cls_pos": pos[:1][None],
+    }
+    prefix = "encoder." if v2 else ""
+    codes = {"temporal_embed_enc.scale": "adapter.time_scale", "location_embed_enc.scale": "adapter.location_scale"}
+    for key, target in codes.items():
+        if key in enc:
+            out[target] = _expect(prefix + key, enc[key], (1,)).reshape(1)
+    others = [prefix + k for k in enc if re.fullmatch(r"(temporal|location)_embed_enc\..*", k) and k not in codes]
+    unmatched = _timm_blocks({k: v for k, v in enc.items() if k not in codes and prefix + k not in others}, out,
+                             dropped, [], ("patch_embed.proj.bias",))
+    unmatched += others
+    if v2:
+        unmatched += [k for k in state if not k.startswith(("encoder.", "decoder."))]
+    mean, std = (PRITHVI_V2_MEAN, PRITHVI_V2_STD) if v2 else (PRITHVI_V1_MEAN, PRITHVI_V1_STD)
+    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, grid, mean, std)
+    adapter["class_path"] = "maekit.domains.multispectral.TemporalMultispectralAdapter"
+    adapter["init_args"].update(frame_position="prithvi", date_encoding="temporal_embed_enc.scale" in enc,
+                                location_encoding="location_embed_enc.scale" in enc, coords_scale="learned")
+    encodings = [n for n, k in (("date", "temporal_embed_enc.scale"), ("location", "location_embed_enc.scale")) if k in enc]
+    config = {"adapter": adapter, **stack, "class_token": "cls_token" in enc, "group_embed": "zero",
+              "source_format": "prithvi-eo-2" if v2 else "prithvi-eo-1", "tubelet": tubelet, "num_frames": frames,
+              "position_grid": [grid, grid], "full_unsupported": FULL_MAE_UNSUPPORTED,
+              "load_notes": [f"temporal: trained on {frames} frames ({how}); runs on 1..{frames} dates "
+                             f"(frame positions from Prithvi's 3D sin-cos formula); "
+                             f"{' and '.join(encodings) + ' encoding' if encodings else 'no date/location encoding'}"]}
+    if grid != side:
+        config["load_notes"].append(f"position table {side}x{side} -> {grid}x{grid}, recomputed from Prithvi's 3D "
+                                    "sin-cos formula (as terratorch builds it for the input size)")
+    return config, out, {"dropped": dropped, "not_mapped": [], "unmatched": unmatched}
 
 
 # ------------------------------------------------------------------------------ SatMAE

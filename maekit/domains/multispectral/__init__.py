@@ -18,17 +18,24 @@ __getattr__ = lazy_exports(__name__, {
     "make_chip_dataset": f"{_HERE}.samples",
     "BandSpec": f"{_HERE}.sensors", "SensorSpec": f"{_HERE}.sensors", "load_sensor": f"{_HERE}.sensors",
     "sensor_names": f"{_HERE}.sensors",
+    "TemporalMultispectralAdapter": f"{_HERE}.temporal", "TemporalMixin": f"{_HERE}.temporal",
+    "TimeSeriesDataModule": f"{_HERE}.timeseries", "TimeSeriesDataset": f"{_HERE}.timeseries",
+    "make_time_series_dataset": f"{_HERE}.temporal_samples",
 })
-__all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule", "MultispectralAdapter",
-           "PRESETS", "RandomWindowDataset", "RasterDataModule", "SensorSpec", "TorchGeoClassificationDataModule",
-           "WavelengthAdapter", "get_preset", "load_sensor", "make_chip_dataset", "read_chip", "read_raster", "sensor_names"]
+__all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
+           "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule", "SensorSpec",
+           "TemporalMixin", "TemporalMultispectralAdapter", "TimeSeriesDataModule", "TimeSeriesDataset",
+           "TorchGeoClassificationDataModule", "WavelengthAdapter", "get_preset", "load_sensor",
+           "make_chip_dataset", "make_time_series_dataset", "read_chip", "read_raster", "sensor_names"]
 
 register_domain(
     "multispectral",
     adapter=f"{_HERE}.adapter:MultispectralAdapter",
     datamodules=[f"{_HERE}.datamodule:ChipDataModule", f"{_HERE}.windows:RasterDataModule",
-                 f"{_HERE}.torchgeo:GeoSamplerDataModule", f"{_HERE}.torchgeo:TorchGeoClassificationDataModule"],
-    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data"},
+                 f"{_HERE}.torchgeo:GeoSamplerDataModule", f"{_HERE}.torchgeo:TorchGeoClassificationDataModule",
+                 f"{_HERE}.timeseries:TimeSeriesDataModule"],
+    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data",
+             "timeseries": f"{_HERE}.temporal_samples:sample_data"},
     extra="geo",
     description="band groups of GeoTIFF / npz chips, whole rasters and torchgeo datasets; band presets:",
     example=f"{_HERE}.samples:example",

@@ -594,7 +594,7 @@ def status_of(part: dict[str, Any]) -> str | None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    env, parts = results["env"], results["parts"]
+    env, parts, plan = results["env"], results["parts"], results["plan"]
     rows: list[tuple[str, str, str]] = []
     where = env.get("gpu") or f"CPU ({env['cpus_usable']} usable cores)"
     rows.append(("environment", where, f"torch {env['torch']}, CUDA {env['cuda']}, {env['cpu_count']} CPUs"
@@ -613,9 +613,8 @@ def markdown(results: dict[str, Any]) -> str:
                 note = f"incomplete result ({err})"
         rows.append((name, config, note))
 
-    add("matmul", f"{parts.get('matmul', {}).get('dtype', '?')} square matmul",
+    add("matmul", f"{plan['precision']} square matmul",
         lambda p: f"{p['tflops']:.2f} TFLOP/s (n = {p['n']})")
-    mae = parts.get("mae", {})
     for variant in ("eager", "compiled"):
         def mae_row(p: dict[str, Any], variant: str = variant) -> str:
             r = p[variant]
@@ -626,8 +625,8 @@ def markdown(results: dict[str, Any]) -> str:
             if "first_step_s" in r:
                 text += f", first step (compiling, {r['backend']}) {r['first_step_s']:.0f} s"
             return text
-        add("mae", f"ViT-{mae.get('size', '?')}/{mae.get('patch', '?')} MAE {variant}, {mae.get('precision', '?')}, "
-            f"batch {mae.get('batch', '?')} x 3x{mae.get('image', '?')}^2", mae_row)
+        add("mae", f"ViT-{plan['mae_size']}/{plan['mae_patch']} MAE {variant}, {plan['precision']}, "
+            f"batch {plan['mae_batch']} x 3x{plan['mae_image']}^2", mae_row)
 
     def mri_row(p: dict[str, Any]) -> str:
         text = []
@@ -643,11 +642,10 @@ def markdown(results: dict[str, Any]) -> str:
             text.append(f"memory {p['memory_vs_monai']:.2f}x MONAI's")
         return "; ".join(text)
 
-    mri = parts.get("mri", {})
-    add("mri", f"4 modalities {mri.get('volume', '?')}, {mri.get('size', '?')}, batch {mri.get('batch', '?')}, "
-        f"{mri.get('precision', '?')}", mri_row)
-    pm = parts.get("pointmae", {})
-    add("pointmae", f"Point-MAE ({pm.get('size', '?')}), batch {pm.get('batch', '?')} x {pm.get('points', '?')} points",
+    add("mri", f"4 modalities x {plan['mri_image']}^3, {plan['mri_size']}, batch {plan['mri_batch']}, "
+        f"{plan['precision']}", mri_row)
+    add("pointmae", f"Point-MAE ({plan['point_size'] or 'the config size'}), batch {plan['point_batch']} x "
+        f"{plan['point_points']} points, {plan['precision']}",
         lambda p: f"{p['ms']:.1f} ms/step, {p['clouds_per_s']:.0f} clouds/s, grouping (FPS + kNN) "
                   f"{p['grouping_ms']:.1f} ms, peak {fmt(p['peak_mib'], '.0f', ' MiB')}")
 
@@ -657,10 +655,9 @@ def markdown(results: dict[str, Any]) -> str:
         return (f"chips/s: {runs}; MAE step demand {fmt(p['demand_images_per_s'], '.0f')} images/s; "
                 f"best {fmt(p.get('best_vs_demand'), '.2f', 'x')} the demand")
 
-    chips = parts.get("chips", {})
-    add("chips", f"RasterDataModule, {chips.get('chip', '?')}^2 RGB windows, GDAL cache "
-        f"{chips.get('gdal_cache_mib', '?')} MiB", chips_row)
-    add("ddp", "2 processes, MAE step eager",
+    add("chips", f"RasterDataModule, {plan['mae_image']}^2 RGB windows of a {plan['raster']}^2 GeoTIFF, "
+        f"batch {plan['chip_batch']}, GDAL cache {plan['gdal_cache_mb']} MiB", chips_row)
+    add("ddp", f"2 processes x batch {plan['mae_batch']}, MAE step eager",
         lambda p: f"{p['images_per_s']:.0f} images/s, {p['ms']:.1f} ms/step ({p['backend']})"
                   + (f", {100 * p['scaling_vs_one_process']:.0f} % of 2x one process"
                      if "scaling_vs_one_process" in p else ""))
@@ -708,16 +705,16 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         p.error(f"unknown parts {unknown}; the parts are {', '.join(PARTS)}")
+    plan = Plan.dry() if a.dry_run else Plan.real()
+    apply_overrides(plan, a.set, p)
     import torch
 
     if not a.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device is visible to torch (torch.cuda.is_available() is False); run it on a GPU "
               "machine, or with --dry-run for the CPU smoke run", file=sys.stderr)
         sys.exit(2)
-    plan = Plan.dry() if a.dry_run else Plan.real()
     if a.dry_run:
         torch.set_num_threads(1)  # toy kernels on a shared CPU: more threads only spin and wait
-    apply_overrides(plan, a.set, p)
     budget = a.budget if a.budget is not None else (400.0 if a.dry_run else 450.0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

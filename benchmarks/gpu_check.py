@@ -203,11 +203,20 @@ def peak_mib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
 
 
+def held_mib(device: str) -> float | None:
+    """Memory still allocated before a model is built (anything an earlier part left behind is
+    part of the next peak)."""
+    import torch
+
+    return torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
 def reset_peak(device: str) -> None:
     import gc
 
     import torch
 
+    torch._dynamo.reset()  # compiled graphs keep their modules (and their memory) alive
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -333,12 +342,13 @@ def part_mri(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         say(f"mri: {name}")
         reset_peak(plan.device)
+        held = held_mib(plan.device)
         try:
             torch.manual_seed(0)
             step = mri_step.build(name, a)
             volume, present = mri_step.inputs(a)
             times = time_steps(lambda: step(volume, present), plan.device, 2, a.steps)
-            out[name] = {"ms": median_ms(times), "peak_mib": peak_mib(plan.device)}
+            out[name] = {"ms": median_ms(times), "peak_mib": peak_mib(plan.device), "held_before_mib": held}
         except PartTimeout:
             raise
         except Exception as err:  # noqa: BLE001

@@ -106,7 +106,8 @@ def run(a: argparse.Namespace) -> None:
     title = (f"{a.size}x{a.size} 4-band uint8 tiled deflate GeoTIFF, random {a.chip}x{a.chip} chips, "
              f"{a.chips} chips x {a.repeats} passes, median")
     lines = ["| GDAL cache | maekit chips/s | torchgeo NAIP + RandomGeoSampler chips/s | ratio |", "|---|---|---|---|"]
-    lines += [f"| {cache} | {r['maekit']:.1f} | {r['torchgeo']:.1f} | {r['ratio']:.1f}x |" for cache, r in results.items()]
+    lines += [f"| {cache} | {r['maekit']:.1f} | {r['torchgeo']:.1f} | {r['ratio']:.1f}x |"
+              for cache, r in results.items()]
     table = "\n".join(lines)
     print(title)
     print(table)

@@ -93,9 +93,9 @@ class Plan:
     def dry(cls) -> Plan:
         """Every part on CPU at toy sizes: proves the code paths, measures nothing of interest
         (fp32: bf16 autocast on a CPU without bf16 units is emulated and many times slower)."""
-        return cls(device="cpu", precision="fp32", matmul_n=256, mae_size="nano", mae_image=32, mae_patch=8, mae_batch=2,
-                   mae_warmup=1, mae_steps=2, compile_backend="eager", mri_size="tiny", mri_batch=1, mri_image=32,
-                   mri_steps=2, point_batch=2, point_size="nano", point_points=64, point_groups=8,
+        return cls(device="cpu", precision="fp32", matmul_n=256, mae_size="nano", mae_image=32, mae_patch=8,
+                   mae_batch=2, mae_warmup=1, mae_steps=2, compile_backend="eager", mri_size="tiny", mri_batch=1,
+                   mri_image=32, mri_steps=2, point_batch=2, point_size="nano", point_points=64, point_groups=8,
                    point_group_size=8, point_steps=2, raster=512, raster_tile=256, chip_workers=[0, 1],
                    chip_batch=8, chips_per_run=32, chip_seconds=5.0, ddp_steps=2,
                    caps={"matmul": 30, "mae": 120, "mri": 120, "pointmae": 60, "chips": 60, "ddp": 90})

@@ -215,7 +215,8 @@ def targets_table(records: list[dict[str, Any]], with_script: bool = True) -> st
 def status_table(records: list[dict[str, Any]]) -> str:
     lines = ["| script | status | seconds |", "|---|---|---|"]
     for r in records:
-        status = r["status"] + (f": {r['error']}" if "error" in r else "") + (f": {r['reason']}" if "reason" in r else "")
+        status = r["status"] + (f": {r['error']}" if "error" in r else "")
+        status += f": {r['reason']}" if "reason" in r else ""
         lines.append(f"| {r['script']} | {status.replace('|', '/')} | {r.get('seconds', '')} |")
     return "\n".join(lines)
 

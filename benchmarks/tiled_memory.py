@@ -84,8 +84,8 @@ def main() -> None:
     pixels = (last["height"] * last["width"]) / (first["height"] * first["width"])
     print(f"scene pixels x{pixels:.0f}, peak RSS x{growth:.2f}")
     lines = ["| scene | tiles | seconds | peak resident memory |", "|---|---|---|---|"]
-    lines += [f"| {r['width']} x {r['height']} x 4 | {r['tiles']} | {r['seconds']:.1f} | {r['peak_after_mib']:.1f} MiB |"
-              for r in rows]
+    lines += [f"| {r['width']} x {r['height']} x 4 | {r['tiles']} | {r['seconds']:.1f} | "
+              f"{r['peak_after_mib']:.1f} MiB |" for r in rows]
     table = "\n".join(lines)
     print(table)
     targets = [{"target": f"tiled prediction peak memory, {pixels:.0f}x the pixels", "value": round(growth, 2),

@@ -543,7 +543,9 @@ def ddp_worker(rank: int, backend: str, plan: Plan, port: int, queue: Any = None
 
     if backend == "gloo":
         torch.set_num_threads(1)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a rank whose peer died gives up instead of waiting for it forever
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=plan.caps["ddp"]))
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
     if backend == "nccl":
         torch.cuda.set_device(rank)

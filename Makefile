@@ -6,7 +6,7 @@ STAMP := $(VENV)/.maekit-installed
 # torch is installed first and pinned here (override on other machines: make TORCH="torch torchvision")
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: system-deps install demo demo-medical demo-pointcloud test docs bench realdata clean
+.PHONY: system-deps install demo demo-medical demo-pointcloud test docs bench bench-quick bench-readme gpu-check realdata clean
 
 # open3d needs libusb at import time on Debian/Ubuntu; installed when missing (root or sudo)
 system-deps:
@@ -45,13 +45,23 @@ REALDATA ?= ../shared/realdata-labelled
 realdata: install
 	$(PY) -m maekit.realdata --data $(REALDATA) --out realdata_out
 
+# every benchmark (benchmarks/run_all.py): one table of targets, benchmarks/results.json and RESULTS.md.
+# BENCH_ARGS=--quick: fewer steps and smaller data; BENCH_ARGS="--only mae_step,mri_step": some scripts
+BENCH_ARGS ?=
 bench: install
-	$(PY) benchmarks/mae_step.py
-	$(PY) benchmarks/geotiff_chips.py
-	$(PY) benchmarks/mri_step.py
-	$(PY) benchmarks/pointcloud_ops.py
-	$(PY) benchmarks/tiled_memory.py --sizes 1024 4096
-	$(PY) benchmarks/wavelength_embed.py --quality
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) benchmarks/run_all.py --quick
+
+# a full run that also regenerates README's benchmark tables (between <!-- bench:begin/end -->)
+bench-readme: install
+	$(PY) benchmarks/run_all.py --update-readme
+
+# the GPU measurement in one command (<= 8 minutes on one GPU): benchmarks/gpu_results/
+gpu-check: install
+	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf demo_run demo_medical demo_pointcloud realdata_out runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter
+	rm -rf demo_run demo_medical demo_pointcloud realdata_out runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter \
+	  benchmarks/gpu_results benchmarks/results.json benchmarks/RESULTS.md

@@ -8,6 +8,9 @@ its peak RSS (`ru_maxrss`) before predicting, predicts the whole generated scene
 `maekit.domains.multispectral.scenes.predict_raster`, and records the peak again. The scene itself is never
 loaded whole: a 8192^2 4-band uint8 scene is 256 MiB raw and its float32 class probabilities
 would be 1 GiB; the predictor holds one strip of tile rows.
+
+The last stdout line is a JSON object: the rows, `targets` (peak memory of the largest scene at
+most 1.25x the smallest's) and `markdown` (the table).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,9 +71,33 @@ def main() -> None:
     if a.child:
         child(a.child[0], a.child[1], a.model, a.tile, a.batch_size, a.device)
         return
+    if len(a.sizes) < 2:
+        p.error("--sizes needs at least two scene sizes to compare")
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="tiled_memory_"))
+    try:
+        rows = measure(a, work)
+    finally:
+        if a.workdir is None:  # generated scenes and predictions are large: not left behind
+            shutil.rmtree(work, ignore_errors=True)
+    first, last = rows[0], rows[-1]
+    growth = last["peak_after_mib"] / first["peak_after_mib"]
+    pixels = (last["height"] * last["width"]) / (first["height"] * first["width"])
+    print(f"scene pixels x{pixels:.0f}, peak RSS x{growth:.2f}")
+    lines = ["| scene | tiles | seconds | peak resident memory |", "|---|---|---|---|"]
+    lines += [f"| {r['width']} x {r['height']} x 4 | {r['tiles']} | {r['seconds']:.1f} | "
+              f"{r['peak_after_mib']:.1f} MiB |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    targets = [{"target": f"tiled prediction peak memory, {pixels:.0f}x the pixels", "value": round(growth, 2),
+                "goal": "<= 1.25x", "met": growth <= 1.25}]
+    print(json.dumps({"model": a.model, "tile": a.tile, "rows": rows, "pixels_ratio": pixels, "peak_ratio": growth,
+                      "targets": targets, "markdown": table}))
+
+
+def measure(a: argparse.Namespace, work: Path) -> list[dict]:
+    """One fresh child process per scene size; its JSON row, printed as it comes."""
     from maekit.domains.multispectral.samples import make_large_raster
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="tiled_memory_"))
     rows = []
     for size in a.sizes:
         scene = work / f"scene_{size}.tif"
@@ -77,7 +105,10 @@ def main() -> None:
             make_large_raster(scene, size=size, tile=512)
         cmd = [sys.executable, __file__, "--child", str(scene), str(work / f"out_{size}"), "--model", a.model,
                "--tile", str(a.tile), "--batch-size", str(a.batch_size), "--device", a.device]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"tiled_memory: the {size}^2 scene's child process failed ({done.returncode}):\n"
+                     f"{done.stderr[-3000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         raw_mib = 4 * size * size / 2**20
@@ -85,10 +116,7 @@ def main() -> None:
               f"{row['peak_before_mib']:7.1f} MiB  after prediction {row['peak_after_mib']:7.1f} MiB "
               f"(+{row['peak_after_mib'] - row['peak_before_mib']:.1f})  [scene raw {raw_mib:.0f} MiB, "
               f"float32 probabilities {4 * raw_mib:.0f} MiB]", flush=True)
-    first, last = rows[0], rows[-1]
-    growth = last["peak_after_mib"] / first["peak_after_mib"]
-    pixels = (last["height"] * last["width"]) / (first["height"] * first["width"])
-    print(f"scene pixels x{pixels:.0f}, peak RSS x{growth:.2f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -155,6 +155,36 @@ def test_a_subset_of_bands_and_dates_runs_with_the_same_weights() -> None:
         torch.testing.assert_close(adapter.embed(adapter.tokenize(chip)), single.embed(single.tokenize(chip)))
 
 
+def test_each_dates_per_band_loss_and_reconstruction_are_the_single_date_adapters() -> None:
+    """Across frames, the wavelength-conditioned head reads each date's own band layout: per
+    token loss, target and reconstruction of every date equal the single-date adapter's on that
+    date (one token per spectral group, so a frame holds several token groups; prediction random)."""
+    seed = seed_now()
+    adapter = built(seed, tokens_per_patch="group", norm_pix_loss=bool(seed % 2))
+    single = WavelengthAdapter(sensor="sentinel2", patch_size=4, code_width=16, decoder_rank=3,
+                               tokens_per_patch="group", norm_pix_loss=bool(seed % 2))
+    single.build(WIDTH)
+    single.load_state_dict(adapter.state_dict(), strict=False)
+    single.eval()
+    frames = 3
+    batch = series(seed, bands=7, frames=frames)
+    batch["wavelengths"] = torch.tensor([490.0, 560, 665, 705, 842, 1610, 2190])[torch.randperm(7)]
+    with torch.no_grad():
+        tokens = adapter.tokenize(batch)
+        pred = torch.randn(2, tokens.num_tokens, adapter.token_size, generator=torch.Generator().manual_seed(seed))
+        target = adapter.target(tokens)
+        loss = adapter.loss(pred, target, tokens).reshape(2, frames, -1)
+        values = adapter.values_from_prediction(pred, tokens).reshape(2, frames, -1, target.shape[-1])
+        shaped = pred.reshape(2, frames, -1, pred.shape[-1])
+        for i in range(frames):
+            frame = single.tokenize({**{k: batch[k] for k in ("wavelengths", "bandwidths", "mean", "std")},
+                                     "image": batch["image"][:, i]})
+            assert frame.slots.shape[0] == 3 and tokens.num_tokens == frames * frame.num_tokens
+            torch.testing.assert_close(target.reshape(2, frames, -1, target.shape[-1])[:, i], single.target(frame))
+            torch.testing.assert_close(loss[:, i], single.loss(shaped[:, i], single.target(frame), frame))
+            torch.testing.assert_close(values[:, i], single.values_from_prediction(shaped[:, i], frame))
+
+
 def test_tube_masking_hides_a_patch_at_every_date_of_any_band_set() -> None:
     seed = seed_now()
     adapter = built(seed, tokens_per_patch="group")

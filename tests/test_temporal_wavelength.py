@@ -4,6 +4,7 @@ per-band loss across frames, export and `from_pretrained`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -78,8 +79,8 @@ def test_permuting_bands_with_their_wavelengths_leaves_tokens_and_loss_unchanged
         torch.testing.assert_close(la.per_token, lb.per_token, rtol=1e-4, atol=1e-5)
         # and the reconstruction comes back in each batch's own band order, frame by frame
         back = adapter.untokenize(adapter.values_from_prediction(lb.pred, tb), tb)
-        torch.testing.assert_close(back, adapter.untokenize(adapter.values_from_prediction(la.pred, ta), ta)[:, :, perm],
-                                   rtol=1e-4, atol=1e-4)
+        want = adapter.untokenize(adapter.values_from_prediction(la.pred, ta), ta)[:, :, perm]
+        torch.testing.assert_close(back, want, rtol=1e-4, atol=1e-4)
         # moving the image's bands without their wavelengths changes the tokens
         moved = adapter.embed(adapter.tokenize({**batch, "image": batch["image"][:, :, perm]}))
     assert not torch.allclose(adapter.embed(ta), moved, atol=1e-3)
@@ -259,3 +260,62 @@ def test_lightning_fit_on_time_series_export_and_from_pretrained(tmp_path: Path)
         feats, s2_tokens = encoder(s2)
     assert feats.shape == (2, 2 * 4, trained.encoder.width if hasattr(trained.encoder, "width") else feats.shape[-1])
     assert torch.isfinite(feats).all() and s2_tokens.grid == (2, 2)
+
+
+# ------------------------------------------------------------------------------- Prithvi's bands
+def test_prithvi_bands_are_the_hls_presets_with_wavelengths_and_old_names_still_load() -> None:
+    """A Prithvi-EO-2.0 checkpoint loaded on the temporal path names its bands as the `hls`
+    preset does and knows their wavelengths; the HLS L30 numbers B02..B07 that earlier
+    conversions wrote are accepted as input names, and a model description written with them
+    (no preset) loads to the same model. The aliases are HLS's: Sentinel-2's B05 stays red edge."""
+    from maekit.domains.multispectral import load_sensor
+    from maekit.weights import converters
+    from maekit.weights.hub import build_pretrained
+
+    from .test_temporal import prithvi_state
+
+    state, _, _ = prithvi_state(True)
+    config, weights, _ = converters.convert_prithvi(state, temporal=True)
+    encoder = build_pretrained(config, weights).eval()
+    hls = load_sensor("hls")
+    assert encoder.adapter.bands == hls.band_names == ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
+    assert encoder.adapter.wavelengths == hls.wavelengths
+    nir = encoder.adapter.sensor_spec().band("NIR_NARROW")
+    assert 850 < nir.wavelength_nm < 880 and hls.band("B05") == nir  # OLI band 5
+    assert 700 < load_sensor("sentinel2").band("B05").wavelength_nm < 710
+
+    seed = seed_now()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(6, generator=g).tolist()
+    x = torch.rand(2, 3, 6, 12, 12, generator=g) * 3000
+    dates = torch.stack([torch.randint(2015, 2026, (2, 3), generator=g), torch.randint(1, 366, (2, 3), generator=g)], -1)
+    batch = {"image": x[:, :, order], "dates": dates, "latlon": torch.tensor([[45.0, 7.0], [-10.0, 130.0]])}
+    old_names = list(hls.aliases)
+    with torch.no_grad():
+        encoder.adapter.set_input_bands([hls.band_names[i] for i in order])
+        want, _ = encoder(batch)
+        encoder.adapter.set_input_bands([old_names[i] for i in order])
+        got, _ = encoder(batch)
+        torch.testing.assert_close(got, want)
+        legacy = json.loads(json.dumps(config))
+        args = legacy["adapter"]["init_args"]
+        args.update(bands=old_names, groups=[old_names])
+        del args["preset"], args["rgb"]
+        old = build_pretrained(legacy, weights).eval()
+        assert old.adapter.bands == hls.band_names and old.adapter.wavelengths == hls.wavelengths
+        old.adapter.set_input_bands([old_names[i] for i in order])
+        torch.testing.assert_close(old(batch)[0], want)
+    # the wavelength machinery looks the same names up: a wavelength model reads Prithvi's bands
+    any_sensor = TemporalWavelengthAdapter(sensor="hls", bands=old_names, patch_size=4, code_width=16, decoder_rank=2)
+    assert [b.wavelength_nm for b in any_sensor.sensor.select(any_sensor.input_bands)] == hls.wavelengths
+
+
+def test_a_band_alias_must_name_a_band() -> None:
+    from maekit.domains.multispectral.sensors import BandSpec, SensorSpec
+
+    bands = (BandSpec("blue", 480.0, 60.0), BandSpec("red", 660.0, 40.0))
+    assert SensorSpec("s", bands, aliases={"b1": "blue"}).band("b1").name == "blue"
+    with pytest.raises(ConfigError, match="alias 'b2' -> 'green' must name a band"):
+        SensorSpec("s", bands, aliases={"b2": "green"})
+    with pytest.raises(ConfigError, match="alias 'red' -> 'blue'"):
+        SensorSpec("s", bands, aliases={"red": "blue"})

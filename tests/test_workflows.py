@@ -252,9 +252,10 @@ def test_every_pretrain_small_config_fits_one_step(domain: str, tmp_path_factory
     fit(f"{domain}/pretrain_small.yaml", tmp_path / "runs", "--data.root", root, "--data.batch_size", "2")
 
 
-@pytest.mark.parametrize("config", ["multispectral/pretrain_temporal_small.yaml", "multisensor/pretrain_temporal_small.yaml"])
-def test_temporal_small_configs_fit_one_step_on_sample_time_series(config: str, tmp_path_factory: pytest.TempPathFactory,
-                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", ["multispectral/pretrain_temporal_small.yaml",
+                                    "multisensor/pretrain_temporal_small.yaml"])
+def test_temporal_small_configs_fit_one_step_on_sample_time_series(
+        config: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """The time-series recipes (band groups; any sensor + any dates) as shipped, one optimiser step
     on `maekit sample-data --preset timeseries`; the any-sensor one's checkpoint exports and reloads."""
     root = sample(tmp_path_factory, "timeseries", "--per-class", "2", "--val-per-class", "1")

@@ -25,7 +25,8 @@ __getattr__ = lazy_exports(__name__, {
 })
 __all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
            "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule", "SensorSpec",
-           "TemporalMixin", "TemporalMultispectralAdapter", "TemporalWavelengthAdapter", "TimeSeriesDataModule", "TimeSeriesDataset",
+           "TemporalMixin", "TemporalMultispectralAdapter", "TemporalWavelengthAdapter", "TimeSeriesDataModule",
+           "TimeSeriesDataset",
            "TorchGeoClassificationDataModule", "WavelengthAdapter", "get_preset", "load_sensor",
            "make_chip_dataset", "make_time_series_dataset", "read_chip", "read_raster", "sensor_names"]
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from maekit.backbones import sincos_embedding
-from maekit.domains.multispectral.adapter import MultispectralAdapter
+from maekit.domains.multispectral.adapter import MultispectralAdapter, PresetName
 from maekit.domains.multispectral.wavelength import SpectralTokens, WavelengthAdapter
 from maekit.errors import ConfigError
 from maekit.tokens import Tokens
@@ -203,7 +203,8 @@ class TemporalMixin:
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
         per_frame, b, t = self._frames(tokens)
-        out = super().values_from_prediction(pred.reshape(b * t, per_frame.num_tokens, -1), per_frame)  # type: ignore[misc]
+        frames = pred.reshape(b * t, per_frame.num_tokens, -1)
+        out = super().values_from_prediction(frames, per_frame)  # type: ignore[misc]
         return out.reshape(b, -1, *out.shape[2:])
 
     # ----------------------------------------------------------------------- embedding
@@ -256,7 +257,7 @@ class TemporalMultispectralAdapter(TemporalMixin, MultispectralAdapter):
 
     def __init__(
         self,
-        preset: Literal["naip", "sentinel2", "toa", "rgb"] | None = None,
+        preset: PresetName | None = None,
         bands: list[str] | None = None,
         groups: list[list[str]] | None = None,
         patch_size: int = 16,
@@ -274,9 +275,10 @@ class TemporalMultispectralAdapter(TemporalMixin, MultispectralAdapter):
         date_encoding: bool = True,
         location_encoding: bool = False,
         coords_scale: Literal["learned", "fixed"] = "learned",
+        band_aliases: dict[str, str] | None = None,
     ) -> None:
         super().__init__(preset, bands, groups, patch_size, mean, std, scale, offset, input_bands, rgb,
-                         norm_pix_loss, loss, position, max_grid)
+                         norm_pix_loss, loss, position, max_grid, band_aliases)
         self.init_time(frame_position, date_encoding, location_encoding, coords_scale)
 
     def build(self, embed_dim: int) -> None:

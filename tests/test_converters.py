@@ -577,7 +577,7 @@ def test_prithvi_single_frame_features(tmp_path: Path, v2: bool) -> None:
     with pytest.warns(UserWarning, match=r"temporal_embed_enc" if v2 else r"decoder_embed"):
         encoder = from_pretrained(path)
     assert encoder.config["num_frames"] == (4 if v2 else 3) and encoder.adapter.max_grid == 4
-    assert encoder.adapter.bands == ["B02", "B03", "B04", "B05", "B06", "B07"]
+    assert encoder.adapter.bands == ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]  # the hls preset's names
     assert encoder.config["source_format"] == ("prithvi-eo-2" if v2 else "prithvi-eo-1")
     assert encoder.adapter.mean[0] == (1087.0 if v2 else 775.0)
     identity_statistics(encoder)

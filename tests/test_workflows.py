@@ -250,3 +250,24 @@ def test_every_pretrain_small_config_fits_one_step(domain: str, tmp_path_factory
     masking, model and decoder size), on generated data; only run length, batch and paths set."""
     root = _pretrain_small_data(domain, tmp_path_factory)
     fit(f"{domain}/pretrain_small.yaml", tmp_path / "runs", "--data.root", root, "--data.batch_size", "2")
+
+
+@pytest.mark.parametrize("config", ["multispectral/pretrain_temporal_small.yaml",
+                                    "multisensor/pretrain_temporal_small.yaml"])
+def test_temporal_small_configs_fit_one_step_on_sample_time_series(
+        config: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The time-series recipes (band groups; any sensor + any dates) as shipped, one optimiser step
+    on `maekit sample-data --preset timeseries`; the any-sensor one's checkpoint exports and reloads."""
+    root = sample(tmp_path_factory, "timeseries", "--per-class", "2", "--val-per-class", "1")
+    ckpt = fit(config, tmp_path / "runs", "--data.root", root, "--data.batch_size", "2")
+    if config.startswith("multisensor"):
+        from maekit.domains.multispectral import TemporalWavelengthAdapter
+        from maekit.weights import from_pretrained
+
+        cli("export", ckpt, tmp_path / "exported")
+        encoder = from_pretrained(tmp_path / "exported")
+        assert isinstance(encoder.adapter, TemporalWavelengthAdapter)
+        with torch.no_grad():
+            feats, tokens = encoder({"image": torch.rand(1, 2, 3, 16, 16), "wavelengths": [665.0, 560.0, 490.0],
+                                     "dates": torch.tensor([[[2024, 100], [2024, 220]]])})
+        assert feats.shape[:2] == (1, 2 * 4) and torch.isfinite(feats).all()

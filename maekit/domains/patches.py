@@ -82,7 +82,15 @@ class PatchGridAdapter(DomainAdapter):
         self.embed_dim = 0
 
     # ----------------------------------------------------------------------------- set-up
+    #: other names of channels (an older naming scheme) -> the model's names; set by subclasses
+    channel_aliases: dict[str, str] = {}
+
+    def canonical_channel(self, name: str) -> str:
+        """`name`, or the model channel it is another name of (`channel_aliases`)."""
+        return name if name in self.channels else self.channel_aliases.get(name, name)
+
     def _channel_index(self, name: str, where: str) -> int:
+        name = self.canonical_channel(name)
         if name not in self.channels:
             raise ConfigError(f"unknown {self.channel_kind} {name!r} in {where}; the model's "
                               f"{self.channel_kind}s are {self.channels}")
@@ -93,7 +101,7 @@ class PatchGridAdapter(DomainAdapter):
         index = [self._channel_index(c, f"input {self.channel_kind}s") for c in input_channels]
         if len(set(index)) != len(index):
             raise ConfigError(f"input {self.channel_kind}s repeat: {list(input_channels)}")
-        self.input_channels = list(input_channels)
+        self.input_channels = [self.canonical_channel(c) for c in input_channels]
         self._input_is_model_order = index == list(range(len(self.channels)))
         device = self.width_mask.device
         self.register_buffer("input_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
@@ -107,7 +115,7 @@ class PatchGridAdapter(DomainAdapter):
     def connect_datamodule(self, datamodule: Any) -> None:
         """Take the input channels from a datamodule that names them (called in `setup`)."""
         names = getattr(datamodule, self.datamodule_attribute, None)
-        if names is not None and list(names) != self.input_channels:
+        if names is not None and [self.canonical_channel(n) for n in names] != self.input_channels:
             self.set_input_channels(list(names))
 
     #: the datamodule attribute naming the channels it delivers

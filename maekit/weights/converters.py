@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from maekit.backbones import SIZES
+from maekit.domains.multispectral.spec import HLS
 from maekit.errors import ConfigError
 
 Converted = tuple[dict[str, Any], dict[str, Tensor], dict[str, list[str]]]
@@ -65,7 +66,10 @@ MONAI_BLOCK_TABLE: list[tuple[str, str]] = [
 MONAI_UNUSED = re.compile(r"norm_cross_attn\.(weight|bias)|cross_attn\..+")
 
 #: Prithvi's six HLS bands (names as in the Prithvi-EO-2.0 `config.json`) and statistics
-PRITHVI_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07"]
+#: Prithvi's six HLS bands, named as the `hls` preset (and terratorch) name them; the HLS L30
+#: numbers B02..B07 that earlier conversions wrote are the preset's aliases
+PRITHVI_BANDS = list(HLS.bands)
+PRITHVI_LEGACY_BANDS = list(HLS.band_aliases)
 PRITHVI_V1_MEAN = [775.0, 1081.0, 1229.0, 2497.0, 2204.0, 1611.0]
 PRITHVI_V1_STD = [1282.0, 1270.0, 1399.0, 1368.0, 1292.0, 1155.0]
 PRITHVI_V2_MEAN = [1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0]
@@ -230,6 +234,32 @@ def _multispectral(bands: list[str], groups: list[list[str]], patch: int, grid: 
     return {"class_path": "maekit.domains.MultispectralAdapter",
             "init_args": {"bands": bands, "groups": groups, "patch_size": patch, "mean": mean, "std": std,
                           "scale": [scale] * len(bands), "position": "learned", "max_grid": grid}}
+
+
+def _prithvi_adapter(patch: int, grid: int, mean: list[float], std: list[float]) -> dict[str, Any]:
+    """Prithvi's one band group of six HLS bands; the `hls` preset gives their wavelengths and
+    accepts the old B02..B07 names."""
+    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, grid, mean, std)
+    adapter["init_args"].update(preset="hls", rgb=["RED", "GREEN", "BLUE"])
+    return adapter
+
+
+def upgrade_legacy_bands(config: dict[str, Any]) -> dict[str, Any]:
+    """A model description written before Prithvi's bands were named as the `hls` preset names
+    them (B02..B07, the HLS L30 numbers, no preset): the same weights with the bands renamed and
+    the `hls` preset recorded, so it loads and knows its wavelengths. Other descriptions unchanged."""
+    adapter = config.get("adapter") or {}
+    args = adapter.get("init_args") or {}
+    if (not str(config.get("source_format", "")).startswith("prithvi") or args.get("preset")
+            or list(args.get("bands") or []) != PRITHVI_LEGACY_BANDS):
+        return config
+    rename = HLS.band_aliases
+    args = {**args, "bands": [rename[b] for b in args["bands"]], "preset": "hls",
+            "groups": [[rename.get(b, b) for b in g] for g in args.get("groups") or [args["bands"]]]}
+    for key in ("input_bands", "rgb"):
+        if args.get(key):
+            args[key] = [rename.get(b, b) for b in args[key]]
+    return {**config, "adapter": {**adapter, "init_args": args}}
 
 
 def _global_pool(state: dict[str, Tensor], out: dict[str, Tensor]) -> tuple[str, ...]:
@@ -634,7 +664,7 @@ def convert_prithvi(state: dict[str, Tensor], frame: int = 0, heads: int | None 
     if v2:
         unmatched += [k for k in state if not k.startswith(("encoder.", "decoder."))]
     mean, std = (PRITHVI_V2_MEAN, PRITHVI_V2_STD) if v2 else (PRITHVI_V1_MEAN, PRITHVI_V1_STD)
-    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, grid, mean, std)
+    adapter = _prithvi_adapter(patch, grid, mean, std)
     config = {"adapter": adapter, **stack, "class_token": "cls_token" in enc, "group_embed": "zero",
               "source_format": "prithvi-eo-2" if v2 else "prithvi-eo-1", "tubelet": tubelet, "num_frames": frames,
               "position_grid": [grid, grid], "full_unsupported": FULL_MAE_UNSUPPORTED,
@@ -678,7 +708,7 @@ def _prithvi_temporal(enc: dict[str, Tensor], state: dict[str, Tensor], v2: bool
     if v2:
         unmatched += [k for k in state if not k.startswith(("encoder.", "decoder."))]
     mean, std = (PRITHVI_V2_MEAN, PRITHVI_V2_STD) if v2 else (PRITHVI_V1_MEAN, PRITHVI_V1_STD)
-    adapter = _multispectral(list(PRITHVI_BANDS), [list(PRITHVI_BANDS)], patch, grid, mean, std)
+    adapter = _prithvi_adapter(patch, grid, mean, std)
     adapter["class_path"] = "maekit.domains.multispectral.TemporalMultispectralAdapter"
     adapter["init_args"].update(frame_position="prithvi", date_encoding="temporal_embed_enc.scale" in enc,
                                 location_encoding="location_embed_enc.scale" in enc, coords_scale="learned")

@@ -40,13 +40,14 @@ BUILTIN_REGISTRY: list[dict[str, Any]] = [
        "url": f"https://dl.fbaipublicfiles.com/mae/{kind}/mae_{kind}_vit_{size}.pth", "sha256": None}
       for size in ("base", "large") for kind in ("pretrain", "visualize")],
     {"name": "prithvi-eo-1-100m", "domain": "multispectral", "backbone": "vit-base", "size": "base",
-     "bands": ["B02", "B03", "B04", "B05", "B06", "B07"], "licence": "Apache-2.0", "format": "prithvi",
+     "bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"], "licence": "Apache-2.0", "format": "prithvi",
      "source": "ibm-nasa-geospatial/Prithvi-100M (HLS, 3 frames; loaded as one frame)",
      "url": "https://huggingface.co/ibm-nasa-geospatial/Prithvi-100M/resolve/main/Prithvi_100M.pt", "sha256": None},
     *[{"name": f"prithvi-eo-2-{variant.lower()}", "domain": "multispectral",
        "backbone": "vit-large" if variant.startswith("300M") else "vit-huge",
        "size": "large" if variant.startswith("300M") else "huge",
-       "bands": ["B02", "B03", "B04", "B05", "B06", "B07"], "licence": "Apache-2.0", "format": "prithvi",
+       "bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"], "licence": "Apache-2.0",
+       "format": "prithvi",
        "source": f"ibm-nasa-geospatial/Prithvi-EO-2.0-{variant} (HLS, 4 frames; loaded as one frame"
                  + ("; date/location scales not mapped)" if variant.endswith("TL") else ")"),
        "url": f"https://huggingface.co/ibm-nasa-geospatial/Prithvi-EO-2.0-{variant}/resolve/main/"
@@ -254,6 +255,9 @@ def build_pretrained(config: dict[str, Any], state: dict[str, Tensor], full: boo
     path = Path(path)
     if "adapter" not in config:
         raise DataError(path, "has no maekit model description")
+    from maekit.weights.converters import upgrade_legacy_bands
+
+    config = upgrade_legacy_bands(config)
     adapter = build_adapter(config["adapter"])
     if full:
         from maekit.pretrain import MaskedAutoencoder

@@ -19,12 +19,14 @@ __getattr__ = lazy_exports(__name__, {
     "BandSpec": f"{_HERE}.sensors", "SensorSpec": f"{_HERE}.sensors", "load_sensor": f"{_HERE}.sensors",
     "sensor_names": f"{_HERE}.sensors",
     "TemporalMultispectralAdapter": f"{_HERE}.temporal", "TemporalMixin": f"{_HERE}.temporal",
+    "TemporalWavelengthAdapter": f"{_HERE}.temporal",
     "TimeSeriesDataModule": f"{_HERE}.timeseries", "TimeSeriesDataset": f"{_HERE}.timeseries",
     "make_time_series_dataset": f"{_HERE}.temporal_samples",
 })
 __all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
            "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule", "SensorSpec",
-           "TemporalMixin", "TemporalMultispectralAdapter", "TimeSeriesDataModule", "TimeSeriesDataset",
+           "TemporalMixin", "TemporalMultispectralAdapter", "TemporalWavelengthAdapter", "TimeSeriesDataModule",
+           "TimeSeriesDataset",
            "TorchGeoClassificationDataModule", "WavelengthAdapter", "get_preset", "load_sensor",
            "make_chip_dataset", "make_time_series_dataset", "read_chip", "read_raster", "sensor_names"]
 

@@ -9,11 +9,13 @@ their mean (0 after normalisation). Pixels marked invalid (nodata) make their pa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from maekit.domains.multispectral.sensors import SensorSpec, sensor_from_preset
 from maekit.domains.multispectral.spec import PresetName, get_preset
 from maekit.domains.patches import PatchGridAdapter
 from maekit.errors import ConfigError
@@ -39,6 +41,9 @@ class MultispectralAdapter(PatchGridAdapter):
         loss: 'mse' (MAE) or 'l1' (SimMIM / SatVision-TOA) per pixel.
         position: 'sincos' (any image size) or 'learned' (a table of `max_grid`^2 positions).
         max_grid: rows/cols of the learned position table.
+        band_aliases: other names of the model bands (old name -> band), accepted wherever band
+            names are given (input bands, datamodules); default: the preset's (e.g. `hls` takes
+            the HLS L30 numbers B02..B07 that earlier Prithvi conversions used).
     """
 
     channel_kind = "band"
@@ -60,8 +65,11 @@ class MultispectralAdapter(PatchGridAdapter):
         loss: Literal["mse", "l1"] = "mse",
         position: Literal["sincos", "learned"] = "sincos",
         max_grid: int = 64,
+        band_aliases: dict[str, str] | None = None,
     ) -> None:
         p = get_preset(preset) if preset else None
+        self.preset = p.name if p is not None else None
+        self.channel_aliases = dict(band_aliases if band_aliases is not None else (p.band_aliases if p else {}))
         names = list(bands if bands is not None else (p.bands if p else []))
         if not names:
             raise ConfigError("MultispectralAdapter needs `bands` or a `preset`")
@@ -89,6 +97,25 @@ class MultispectralAdapter(PatchGridAdapter):
     @property
     def bands(self) -> list[str]:
         return self.channels
+
+    def sensor_spec(self) -> SensorSpec | None:
+        """The model bands' wavelengths and bandwidths (a `SensorSpec` of `bands`, in order), from
+        the preset; None when the adapter has no preset or the preset lacks one of its bands.
+        A wavelength-conditioned model takes them as `wavelengths`/`bandwidths`."""
+        if self.preset is None:
+            return None
+        try:
+            sensor = sensor_from_preset(self.preset)
+            bands = sensor.select(self.bands)
+        except ConfigError:
+            return None
+        return replace(sensor, bands=tuple(bands), mean=None, std=None, scale=None, offset=None)
+
+    @property
+    def wavelengths(self) -> list[float] | None:
+        """Central wavelength (nm) of each model band, or None when not known (`sensor_spec`)."""
+        spec = self.sensor_spec()
+        return None if spec is None else spec.wavelengths
 
     @property
     def input_bands(self) -> list[str]:

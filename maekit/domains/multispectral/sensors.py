@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class SensorSpec:
     std: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
     offset: tuple[float, ...] | None = None
+    #: other names of bands (e.g. HLS's L30 numbers B02..B07) -> the band names
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -77,10 +79,12 @@ class SensorSpec:
         return [b.bandwidth_nm for b in self.bands]
 
     def band(self, name: str) -> BandSpec:
-        """The band called `name`, or an error naming it and the sensor's bands."""
+        """The band called `name` (or by one of its aliases), or an error naming it and the sensor's bands."""
         for b in self.bands:
             if b.name == name:
                 return b
+        if name in self.aliases:
+            return self.band(self.aliases[name])
         raise ConfigError(f"band {name!r} has no known wavelength: sensor {self.name!r} has bands "
                           f"{self.band_names}; give `wavelengths` (nm) instead of band names")
 
@@ -107,6 +111,9 @@ def _problem(sensor: SensorSpec) -> str | None:
         for what in ("wavelength_nm", "bandwidth_nm"):
             if not _positive(getattr(b, what)):
                 return f"band {b.name!r} has {what} {getattr(b, what)!r}; it must be a positive number of nm"
+    for alias, target in sensor.aliases.items():
+        if alias in names or target not in names:
+            return f"alias {alias!r} -> {target!r} must name a band ({names}) by a name that is not already a band's"
     if sensor.gsd_m is not None and not _positive(sensor.gsd_m):
         return f"gsd_m is {sensor.gsd_m!r}; it must be a positive number of metres"
     for what in ("mean", "std", "scale", "offset"):
@@ -131,6 +138,7 @@ def sensor_from_preset(preset: BandPreset | str) -> SensorSpec:
         name=p.name,
         bands=tuple(BandSpec(n, float(w), float(bw)) for n, w, bw in zip(p.bands, p.wavelength_nm, p.bandwidth_nm)),
         gsd_m=p.gsd_m, mean=tuple(p.mean), std=tuple(p.std), scale=tuple(p.scale), offset=tuple(p.offset),
+        aliases=dict(p.band_aliases),
     )
 
 

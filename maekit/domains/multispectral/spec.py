@@ -44,6 +44,8 @@ class BandPreset:
     bandwidth_nm: tuple[float, ...] = ()
     #: ground sample distance of the delivered pixels (m)
     gsd_m: float | None = None
+    #: other names of bands (an older or another product's naming) -> the names in `bands`
+    band_aliases: dict[str, str] = field(default_factory=dict)
 
 
 def _repeat(value: float, n: int) -> tuple[float, ...]:
@@ -168,7 +170,10 @@ LANDSAT8 = _landsat("landsat8", "Landsat 8 OLI/TIRS")
 LANDSAT9 = _landsat("landsat9", "Landsat 9 OLI-2/TIRS-2")
 
 # NASA HLS v2 (L30/S30 harmonised to the OLI band passes): the six bands Prithvi is trained on,
-# named as terratorch/Prithvi name them. Statistics: rough HLS land values.
+# named as terratorch/Prithvi name them. Statistics: rough HLS land values. The HLS L30 (Landsat
+# OLI) numbers B02-B07 that Prithvi's model cards and earlier maekit conversions use are aliases; they
+# are not Sentinel-2's B05-B07 (red edge), which is why the names are the canonical ones.
+HLS_L30_NUMBERS = {"B02": "BLUE", "B03": "GREEN", "B04": "RED", "B05": "NIR_NARROW", "B06": "SWIR_1", "B07": "SWIR_2"}
 HLS = BandPreset(
     name="hls",
     bands=("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"),
@@ -184,6 +189,7 @@ HLS = BandPreset(
     wavelength_nm=_LANDSAT_CENTRE[1:7],
     bandwidth_nm=_LANDSAT_WIDTH[1:7],
     gsd_m=30.0,
+    band_aliases=HLS_L30_NUMBERS,
 )
 
 # SatVision-TOA's 14 MODIS L1B bands: 6 reflective (as reflectance, x0.01 of percent TOA

@@ -19,13 +19,15 @@ Prithvi-EO-2.0 skips its encodings when it is given no coordinates.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from maekit.backbones import sincos_embedding
-from maekit.domains.multispectral.adapter import MultispectralAdapter
+from maekit.domains.multispectral.adapter import MultispectralAdapter, PresetName
+from maekit.domains.multispectral.wavelength import SpectralTokens, WavelengthAdapter
 from maekit.errors import ConfigError
 from maekit.tokens import Tokens
 
@@ -141,25 +143,33 @@ class TemporalMixin:
         date_present = batch.get("date_present")
         if date_present is not None:
             present = present & date_present.bool()[:, :, None]
-        return Tokens(
+        # `replace` keeps what a single-date adapter's own tokens carry (e.g. the band layout of
+        # `SpectralTokens`); every frame of a batch has the same layout
+        return replace(
+            frame_tokens,
             values=frame_tokens.values.reshape(b, t * n, -1),
             coords=coords.reshape(b, t * n, 7),
             group=frame_tokens.group.reshape(b, t * n),
             present=present.reshape(b, t * n),
-            grid=frame_tokens.grid,
             may_be_absent=frame_tokens.may_be_absent or date_present is not None,
+            saliency=None,
         )
+
+    def frame_token_count(self, tokens: Tokens) -> int:
+        """Tokens per frame: one per band group present per patch."""
+        return len(self.present_groups) * math.prod(tokens.grid)  # type: ignore[attr-defined]
 
     def _frames(self, tokens: Tokens) -> tuple[Tokens, int, int]:
         """The tokens as a batch of B x T single-date token sets (views), B and T."""
         b, total = tokens.present.shape
-        n = len(self.present_groups) * math.prod(tokens.grid)  # type: ignore[attr-defined]
+        n = self.frame_token_count(tokens)
         if total % n:
             raise ConfigError(f"{total} tokens are not a whole number of frames of {n}")
         t = total // n
-        per_frame = Tokens(values=tokens.values.reshape(b * t, n, -1), coords=tokens.coords[..., :2].reshape(b * t, n, 2),
-                           group=tokens.group.reshape(b * t, n), present=tokens.present.reshape(b * t, n),
-                           grid=tokens.grid, may_be_absent=tokens.may_be_absent)
+        per_frame = replace(tokens, values=tokens.values.reshape(b * t, n, -1),
+                            coords=tokens.coords[..., :2].reshape(b * t, n, 2),
+                            group=tokens.group.reshape(b * t, n), present=tokens.present.reshape(b * t, n),
+                            saliency=None)
         return per_frame, b, t
 
     def untokenize(self, values: Tensor, tokens: Tokens) -> Tensor:
@@ -176,6 +186,26 @@ class TemporalMixin:
         w = tokens.present.reshape(b, -1, num, 1).to(f.dtype)
         mean = (f * w).sum(1) / w.sum(1).clamp(min=1.0)
         return mean.transpose(1, 2).reshape(b, -1, *tokens.grid)
+
+    # ----------------------------------------------------------------------- loss
+    # the single-date adapter scores one frame's tokens (a wavelength-conditioned head reads the
+    # frame's band layout), so target, loss and values run per frame and are laid back in order
+    def target(self, tokens: Tokens) -> Tensor:
+        per_frame, b, _ = self._frames(tokens)
+        out = super().target(per_frame)  # type: ignore[misc]
+        return out.reshape(b, -1, *out.shape[2:])
+
+    def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
+        per_frame, b, t = self._frames(tokens)
+        n = per_frame.num_tokens
+        out = super().loss(pred.reshape(b * t, n, -1), target.reshape(b * t, n, -1), per_frame)  # type: ignore[misc]
+        return out.reshape(b, t * n)
+
+    def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
+        per_frame, b, t = self._frames(tokens)
+        frames = pred.reshape(b * t, per_frame.num_tokens, -1)
+        out = super().values_from_prediction(frames, per_frame)  # type: ignore[misc]
+        return out.reshape(b, -1, *out.shape[2:])
 
     # ----------------------------------------------------------------------- embedding
     def time_terms(self, coords: Tensor, dim: int, scaled: bool = True) -> Tensor:
@@ -227,7 +257,7 @@ class TemporalMultispectralAdapter(TemporalMixin, MultispectralAdapter):
 
     def __init__(
         self,
-        preset: Literal["naip", "sentinel2", "toa", "rgb"] | None = None,
+        preset: PresetName | None = None,
         bands: list[str] | None = None,
         groups: list[list[str]] | None = None,
         patch_size: int = 16,
@@ -245,11 +275,80 @@ class TemporalMultispectralAdapter(TemporalMixin, MultispectralAdapter):
         date_encoding: bool = True,
         location_encoding: bool = False,
         coords_scale: Literal["learned", "fixed"] = "learned",
+        band_aliases: dict[str, str] | None = None,
     ) -> None:
         super().__init__(preset, bands, groups, patch_size, mean, std, scale, offset, input_bands, rgb,
-                         norm_pix_loss, loss, position, max_grid)
+                         norm_pix_loss, loss, position, max_grid, band_aliases)
         self.init_time(frame_position, date_encoding, location_encoding, coords_scale)
 
     def build(self, embed_dim: int) -> None:
         super().build(embed_dim)
         self.build_time(embed_dim)
+
+
+class TemporalWavelengthAdapter(TemporalMixin, WavelengthAdapter):
+    """Any sensor, any dates, any bands in one model: `WavelengthAdapter` tokens (projections
+    generated from each band's wavelength) for each of T dates, with the date / frame / location
+    coordinates of `TemporalMixin`; absent dates are absent tokens.
+
+    Batches: the time-series contract (`image` (B, T, C, H, W), `dates`, `date_present`,
+    optional `valid` (B, T, H, W) and `latlon`) with the any-sensor keys (`wavelengths` /
+    `bandwidths` or `bands`, `mean`, `std`, `gsd_m`) for the C bands every frame shares; or raw
+    time series of the sensor given at construction (bands from the datamodule). With
+    `wavelengths` and no `mean`/`std`, each band is standardised over the present dates of the
+    batch (absent ones do not count, so an absent date is the same as a dropped one).
+
+    Args: `WavelengthAdapter`'s, then `frame_position`, `date_encoding`, `location_encoding` and
+    `coords_scale` as `TemporalMultispectralAdapter`'s. The frame index defaults to `none`: with
+    dates as coordinates, a date left out or marked absent changes nothing else.
+    """
+
+    def __init__(
+        self,
+        sensor: str | dict[str, Any] | None = None,
+        bands: list[str] | None = None,
+        patch_size: int = 16,
+        tokens_per_patch: Literal["one", "group"] = "one",
+        group_edges_nm: list[float] | None = None,
+        code_width: int = 128,
+        decoder_rank: int = 16,
+        bandwidth_dropout: float = 0.2,
+        gsd_positions: bool = False,
+        reference_gsd_m: float = 10.0,
+        norm_pix_loss: bool = True,
+        loss: Literal["mse", "l1"] = "mse",
+        frame_position: FramePosition = "none",
+        date_encoding: bool = True,
+        location_encoding: bool = False,
+        coords_scale: Literal["learned", "fixed"] = "learned",
+    ) -> None:
+        super().__init__(sensor, bands, patch_size, tokens_per_patch, group_edges_nm, code_width, decoder_rank,
+                         bandwidth_dropout, gsd_positions, reference_gsd_m, norm_pix_loss, loss)
+        self.init_time(frame_position, date_encoding, location_encoding, coords_scale)
+
+    def build(self, embed_dim: int) -> None:
+        super().build(embed_dim)
+        self.build_time(embed_dim)
+
+    def frame_token_count(self, tokens: Tokens) -> int:
+        """Tokens per frame: one per spectral token group present per patch."""
+        if not isinstance(tokens, SpectralTokens):
+            raise ConfigError("TemporalWavelengthAdapter works on the tokens its own `tokenize` made")
+        return tokens.slots.shape[0] * math.prod(tokens.grid)
+
+    def tokenize(self, batch: dict[str, Any]) -> Tokens:
+        image = batch["image"]
+        if (image.dim() == 5 and batch.get("wavelengths") is not None
+                and (batch.get("mean") is None or batch.get("std") is None)):
+            # statistics over the present dates only (the single-date path would count absent ones)
+            present = batch.get("date_present")
+            frames = image.float().transpose(1, 2).flatten(2)  # (B, C, T*H*W)
+            if present is not None:
+                keep = present.bool()[:, :, None].expand(-1, -1, image.shape[-2] * image.shape[-1]).flatten(1)
+                if not bool(keep.any()):
+                    raise ConfigError("every date of this batch is absent (date_present is all False)")
+                values = frames.transpose(0, 1)[:, keep]  # (C, kept pixels)
+            else:
+                values = frames.transpose(0, 1).flatten(1)
+            batch = {**batch, "mean": values.mean(1), "std": values.std(1).clamp(min=1e-6)}
+        return super().tokenize(batch)

@@ -16,17 +16,20 @@ __getattr__ = lazy_exports(__name__, {
     "RandomWindowDataset": f"{_HERE}.windows", "RasterDataModule": f"{_HERE}.windows",
     "GeoSamplerDataModule": f"{_HERE}.torchgeo", "TorchGeoClassificationDataModule": f"{_HERE}.torchgeo",
     "make_chip_dataset": f"{_HERE}.samples",
+    "MultiSensorDataModule": f"{_HERE}.multisensor", "make_multisensor_dataset": f"{_HERE}.sensor_samples",
 })
-__all__ = ["BandPreset", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule", "MultispectralAdapter",
-           "PRESETS", "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "get_preset",
-           "make_chip_dataset", "read_chip", "read_raster"]
+__all__ = ["BandPreset", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule", "MultiSensorDataModule",
+           "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "get_preset",
+           "make_chip_dataset", "make_multisensor_dataset", "read_chip", "read_raster"]
 
 register_domain(
     "multispectral",
     adapter=f"{_HERE}.adapter:MultispectralAdapter",
-    datamodules=[f"{_HERE}.datamodule:ChipDataModule", f"{_HERE}.windows:RasterDataModule",
+    datamodules=[f"{_HERE}.datamodule:ChipDataModule", f"{_HERE}.multisensor:MultiSensorDataModule",
+                 f"{_HERE}.windows:RasterDataModule",
                  f"{_HERE}.torchgeo:GeoSamplerDataModule", f"{_HERE}.torchgeo:TorchGeoClassificationDataModule"],
-    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data"},
+    samples={"naip": f"{_HERE}.samples:sample_data", "toa": f"{_HERE}.samples:sample_data",
+             "multisensor": f"{_HERE}.sensor_samples:sample_data"},
     extra="geo",
     description="band groups of GeoTIFF / npz chips, whole rasters and torchgeo datasets; band presets:",
     example=f"{_HERE}.samples:example",

@@ -17,10 +17,13 @@ __getattr__ = lazy_exports(__name__, {
     "GeoSamplerDataModule": f"{_HERE}.torchgeo", "TorchGeoClassificationDataModule": f"{_HERE}.torchgeo",
     "make_chip_dataset": f"{_HERE}.samples",
     "MultiSensorDataModule": f"{_HERE}.multisensor", "make_multisensor_dataset": f"{_HERE}.sensor_samples",
+    "BandSpec": f"{_HERE}.sensors", "SensorSpec": f"{_HERE}.sensors", "load_sensor": f"{_HERE}.sensors",
+    "sensor_names": f"{_HERE}.sensors",
 })
-__all__ = ["BandPreset", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule", "MultiSensorDataModule",
-           "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule", "TorchGeoClassificationDataModule", "get_preset",
-           "make_chip_dataset", "make_multisensor_dataset", "read_chip", "read_raster"]
+__all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
+           "MultiSensorDataModule", "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule",
+           "SensorSpec", "TorchGeoClassificationDataModule", "get_preset", "load_sensor", "make_chip_dataset",
+           "make_multisensor_dataset", "read_chip", "read_raster", "sensor_names"]
 
 register_domain(
     "multispectral",

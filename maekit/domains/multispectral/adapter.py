@@ -14,11 +14,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from maekit.domains.multispectral.spec import get_preset
+from maekit.domains.multispectral.spec import PresetName, get_preset
 from maekit.domains.patches import PatchGridAdapter
 from maekit.errors import ConfigError
 
-PresetName = Literal["naip", "sentinel2", "toa", "rgb"]
+__all__ = ["MultispectralAdapter", "PresetName"]
 
 
 class MultispectralAdapter(PatchGridAdapter):

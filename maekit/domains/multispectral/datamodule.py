@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from maekit.data.base import MaekitDataModule
-from maekit.domains.multispectral.spec import get_preset
+from maekit.domains.multispectral.spec import PresetName, get_preset
 from maekit.domains.multispectral.readers import (ARRAY_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES, chip_size,
                                                   read_chip)
 from maekit.errors import ConfigError, DataError
@@ -150,7 +150,7 @@ class ChipDataModule(MaekitDataModule):
     def __init__(
         self,
         root: str,
-        preset: Literal["naip", "sentinel2", "toa", "rgb"] | None = "naip",
+        preset: PresetName | None = "naip",
         file_bands: list[str] | None = None,
         bands: list[str | int] | None = None,
         task: TaskName = "pretrain",

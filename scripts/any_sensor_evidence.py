@@ -162,14 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     from maekit.domains.multispectral import ChipDataModule, MultiSensorDataModule, MultispectralAdapter
-    from maekit.domains.multispectral.sensor_samples import HELD_OUT_YAML, make_multisensor_dataset
+    from maekit.domains.multispectral.sensor_samples import DOVE8, make_multisensor_dataset
     from maekit.domains.multispectral.sensors import load_sensor
     from maekit.domains.multispectral.stats import chip_statistics
 
     start = time.perf_counter()
     data = out / "data"
     if not (data / HELD_OUT / "val").is_dir():
-        make_multisensor_dataset(data, (*PRETRAIN_SENSORS, HELD_OUT_YAML), per_class=a.per_class,
+        make_multisensor_dataset(data, (*PRETRAIN_SENSORS, DOVE8), per_class=a.per_class,
                                  val_per_class=max(2, a.per_class // 3), size=64, seed=0)
     timings["generate"] = time.perf_counter() - start
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if wavelength is not None:
         mixed = MultiSensorDataModule([{"root": str(data / s), "sensor": s} for s in PRETRAIN_SENSORS],
                                       task="pretrain", batch_size=32, stats="compute", seed=0)
-        wl_ckpt, wl_loss, timings["pretrain_wavelength"] = pretrain(wavelength(patch_size=a.patch), mixed, a.epochs,
+        wl_ckpt, wl_loss, timings["pretrain_wavelength"] = pretrain(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), mixed, a.epochs,
                                                                     out / "wavelength", a.size)
     s2 = load_sensor("sentinel2")
     s2_chips = ChipDataModule(str(data / "sentinel2"), preset="sentinel2", task="pretrain", batch_size=32,
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     def models() -> dict[str, tuple[Any, Any]]:
         out: dict[str, tuple[Any, Any]] = {}
         if wavelength is not None:
-            out["wavelength pretrained"] = (frozen(wavelength(patch_size=a.patch), wl_ckpt, a.size), None)
-            out["wavelength random"] = (frozen(wavelength(patch_size=a.patch), None, a.size), None)
+            out["wavelength pretrained"] = (frozen(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), wl_ckpt, a.size), None)
+            out["wavelength random"] = (frozen(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), None, a.size), None)
         out["band-group pretrained"] = (frozen(MultispectralAdapter(preset="sentinel2", patch_size=a.patch), bg_ckpt,
                                                a.size), None)
         out["band-group random"] = (frozen(MultispectralAdapter(preset="sentinel2", patch_size=a.patch), None, a.size),

@@ -21,22 +21,23 @@ Landsat 16 pixels); the files' geotransforms carry each sensor's own `gsd_m`.
 
 Classes are partly spectral (each class prefers a material pair, with probability 0.6) and
 partly spatial (the structure), so a model needs both. Layout, the same scene ids in every
-sensor: `root/<sensor>/{train,val}/<class>/scene_<n>.tif`; a YAML sensor's file is copied to
-`root/<sensor>/sensor.yaml`.
+sensor: `root/<sensor>/{train,val}/<class>/scene_<n>.tif`; a sensor given as YAML (a file or
+its mapping, as the held-out `DOVE8`) is written to `root/<sensor>/sensor.yaml`.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 from rasterio.transform import from_origin
 
-from maekit.config_files import CONFIG_DIR
 from maekit.domains.multispectral.samples import NAIP_CLASSES, _STRUCTURE_OF, _write_tif, structure_field
-from maekit.domains.multispectral.sensors import SensorSpec, load_sensor
+from maekit.domains.multispectral.sensors import SensorSpec, load_sensor, sensor_from_dict
 from maekit.domains.multispectral.spec import PRESETS
 from maekit.domains.registry import SampleOptions
 from maekit.errors import ConfigError
@@ -48,9 +49,15 @@ TEMPERATURE_K = np.array([296.0, 293.0, 306.0, 290.0, 312.0])
 #: the material pair each class prefers (foreground where its structure is high, background)
 CLASS_MATERIALS = {"cropland": ("vegetation", "soil"), "orchard": ("forest", "soil"),
                    "forest": ("forest", "vegetation"), "urban": ("concrete", "soil")}
-#: the default pretraining sensors and the one held out of pretraining (a YAML sensor)
+#: the default pretraining sensors
 PRETRAIN_SENSORS = ("naip", "sentinel2", "landsat8")
-HELD_OUT_YAML = CONFIG_DIR / "multisensor" / "sensors" / "dove8.yaml"
+#: the sensor held out of pretraining: an 8-band PlanetScope-SuperDove-like sensor at 3 m (centres and
+#: widths rounded from Planet's published band passes), written as `<root>/dove8/sensor.yaml` (no
+#: statistics: `MultiSensorDataModule` computes them with `stats: compute`)
+DOVE8: dict[str, Any] = {"name": "dove8", "gsd_m": 3.0, "bands": [
+    {"name": n, "wavelength_nm": w, "bandwidth_nm": bw} for n, w, bw in (
+        ("coastal_blue", 443, 20), ("blue", 490, 50), ("green_i", 531, 36), ("green", 565, 36), ("yellow", 610, 20),
+        ("red", 665, 31), ("red_edge", 705, 15), ("nir", 865, 40))]}
 THERMAL_NM = 3000.0
 
 
@@ -162,14 +169,17 @@ def render(abundances: np.ndarray, sensor: SensorSpec, rng: np.random.Generator,
     return raw.astype(dtype)
 
 
-def make_multisensor_dataset(root: str | Path, sensors: Sequence[str | Path] = (*PRETRAIN_SENSORS, HELD_OUT_YAML),
+def make_multisensor_dataset(root: str | Path,
+                             sensors: Sequence[str | Path | Mapping[str, Any]] = (*PRETRAIN_SENSORS, DOVE8),
                              per_class: int = 32, val_per_class: int = 8, size: int = 64, seed: int = 0) -> Path:
     """Write the same labelled scenes as each sensor sees them (layout in the module doc).
 
     Args:
         root: output folder.
-        sensors: preset names or sensor YAML files (default NAIP, Sentinel-2 L1C, Landsat 8 and
-            the 8-band `dove8` YAML sensor, which the shipped configs hold out of pretraining).
+        sensors: preset names, sensor YAML files or sensor mappings (as a YAML file holds them);
+            default NAIP, Sentinel-2 L1C, Landsat 8 and the 8-band `DOVE8`, which the notebook
+            and the evidence script hold out of pretraining. A YAML or mapping sensor is written
+            to `<root>/<name>/sensor.yaml`.
         per_class, val_per_class: scenes per class in `train` and `val`.
         size: scene edge in pixels at the finest sensor (a multiple of 4).
         seed: everything random.
@@ -179,7 +189,7 @@ def make_multisensor_dataset(root: str | Path, sensors: Sequence[str | Path] = (
     root = Path(root)
     if size % 4:
         raise ConfigError(f"size must be a multiple of 4 (the coarsest sensor sees 1/4), got {size}")
-    specs = [load_sensor(s) for s in sensors]
+    specs = [sensor_from_dict(s) if isinstance(s, Mapping) else load_sensor(s) for s in sensors]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"sensors repeat: {names}")
@@ -200,14 +210,16 @@ def make_multisensor_dataset(root: str | Path, sensors: Sequence[str | Path] = (
                            "EPSG:32614", preset.nodata if preset is not None else None, tuple(spec.band_names))
             n += 1
     for source, spec in zip(sensors, specs):
-        if str(source).endswith((".yaml", ".yml")):
+        if isinstance(source, Mapping):
+            (root / spec.name / "sensor.yaml").write_text(yaml.safe_dump(dict(source), sort_keys=False))
+        elif str(source).endswith((".yaml", ".yml")):
             shutil.copyfile(source, root / spec.name / "sensor.yaml")
     return root
 
 
 def sample_data(out: Path, preset: str, options: SampleOptions) -> Path:
     """`maekit sample-data --preset multisensor`: the same scenes as NAIP, Sentinel-2, Landsat 8 and
-    the held-out 8-band `dove8` sensor see them (32 per class, 64 pixels at the finest by default)."""
+    an 8-band YAML sensor (`dove8/sensor.yaml`) see them (32 per class, 64 pixels at the finest by default)."""
     if options.task != "classification" or options.file_format != "tif":
         raise ConfigError("the multisensor sample data is classification chips as GeoTIFF only")
     return make_multisensor_dataset(out, per_class=32 if options.per_class is None else options.per_class,

@@ -232,7 +232,7 @@ def _pretrain_small_data(domain: str, tmp: pytest.TempPathFactory) -> Path:
     if domain == "mri":
         from maekit.domains.volume.samples import make_pairs_dataset
         return make_pairs_dataset(tmp.mktemp("mri") / "set", cases=4, shape=(16, 20, 16), unlabelled=1, seed=5)
-    if domain == "sentinel2":
+    if domain in ("sentinel2", "multisensor"):
         return _sentinel2_chips(tmp.mktemp("s2") / "chips", count=4, size=16)
     if domain == "skeleton":
         return sample(tmp, "skeleton", "--per-class", "2") / "skeletons"

@@ -9,7 +9,7 @@ from maekit.lazy import lazy_exports
 
 _HERE = "maekit.domains.multispectral"
 __getattr__ = lazy_exports(__name__, {
-    "MultispectralAdapter": f"{_HERE}.adapter",
+    "MultispectralAdapter": f"{_HERE}.adapter", "WavelengthAdapter": f"{_HERE}.wavelength",
     "BandPreset": f"{_HERE}.spec", "PRESETS": f"{_HERE}.spec", "get_preset": f"{_HERE}.spec",
     "Chip": f"{_HERE}.readers", "read_chip": f"{_HERE}.readers", "read_raster": f"{_HERE}.readers",
     "ChipDataModule": f"{_HERE}.datamodule", "ChipDataset": f"{_HERE}.datamodule",
@@ -22,8 +22,8 @@ __getattr__ = lazy_exports(__name__, {
 })
 __all__ = ["BandPreset", "BandSpec", "Chip", "ChipDataModule", "ChipDataset", "GeoSamplerDataModule",
            "MultiSensorDataModule", "MultispectralAdapter", "PRESETS", "RandomWindowDataset", "RasterDataModule",
-           "SensorSpec", "TorchGeoClassificationDataModule", "get_preset", "load_sensor", "make_chip_dataset",
-           "make_multisensor_dataset", "read_chip", "read_raster", "sensor_names"]
+           "SensorSpec", "TorchGeoClassificationDataModule", "WavelengthAdapter", "get_preset", "load_sensor",
+           "make_chip_dataset", "make_multisensor_dataset", "read_chip", "read_raster", "sensor_names"]
 
 register_domain(
     "multispectral",

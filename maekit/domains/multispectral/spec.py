@@ -249,5 +249,7 @@ def get_preset(name: str) -> BandPreset:
 
 def describe_presets() -> list[str]:
     """One line per band preset (for `maekit domains`)."""
-    return [f"preset {p.name:13s} {len(p.bands):2d} bands {','.join(p.bands)}: {p.description}"
-            for p in PRESETS.values()]
+    lines = [f"preset {p.name:13s} {len(p.bands):2d} bands {','.join(p.bands)}: {p.description}"
+             for p in PRESETS.values()]
+    return lines + ["adapter WavelengthAdapter: any sensor, any band set (patch projections generated from each "
+                    "band's wavelength; sensors by preset or YAML), configs/multisensor"]

@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/mri_step.py
 	$(PY) benchmarks/pointcloud_ops.py
 	$(PY) benchmarks/tiled_memory.py --sizes 1024 4096
+	$(PY) benchmarks/wavelength_embed.py --quality
 
 clean:
 	rm -rf demo_run demo_medical demo_pointcloud realdata_out runs lightning_logs benchmarks/_data site .cache/mkdocs-jupyter

@@ -174,12 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     timings["generate"] = time.perf_counter() - start
 
     # ---------------------------------------------------------------- pretraining
-    wavelength = wavelength_adapter_class()
+    wavelength_class = wavelength_adapter_class()
+
+    def wavelength() -> Any:
+        return wavelength_class(patch_size=a.patch, code_width=64, decoder_rank=8)  # as multisensor/pretrain_small
+
     wl_ckpt, wl_loss = None, float("nan")
-    if wavelength is not None:
+    if wavelength_class is not None:
         mixed = MultiSensorDataModule([{"root": str(data / s), "sensor": s} for s in PRETRAIN_SENSORS],
                                       task="pretrain", batch_size=32, stats="compute", seed=0)
-        wl_ckpt, wl_loss, timings["pretrain_wavelength"] = pretrain(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), mixed, a.epochs,
+        wl_ckpt, wl_loss, timings["pretrain_wavelength"] = pretrain(wavelength(), mixed, a.epochs,
                                                                     out / "wavelength", a.size)
     s2 = load_sensor("sentinel2")
     s2_chips = ChipDataModule(str(data / "sentinel2"), preset="sentinel2", task="pretrain", batch_size=32,
@@ -192,15 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                 out / "band_group", a.size)
 
     def models() -> dict[str, tuple[Any, Any]]:
-        out: dict[str, tuple[Any, Any]] = {}
-        if wavelength is not None:
-            out["wavelength pretrained"] = (frozen(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), wl_ckpt, a.size), None)
-            out["wavelength random"] = (frozen(wavelength(patch_size=a.patch, code_width=64, decoder_rank=8), None, a.size), None)
-        out["band-group pretrained"] = (frozen(MultispectralAdapter(preset="sentinel2", patch_size=a.patch), bg_ckpt,
-                                               a.size), None)
-        out["band-group random"] = (frozen(MultispectralAdapter(preset="sentinel2", patch_size=a.patch), None, a.size),
-                                    None)
-        return out
+        built: dict[str, tuple[Any, Any]] = {}
+        if wavelength_class is not None:
+            built["wavelength pretrained"] = (frozen(wavelength(), wl_ckpt, a.size), None)
+            built["wavelength random"] = (frozen(wavelength(), None, a.size), None)
+        for name, weights in (("band-group pretrained", bg_ckpt), ("band-group random", None)):
+            built[name] = (frozen(MultispectralAdapter(preset="sentinel2", patch_size=a.patch), weights, a.size), None)
+        return built
 
     budgets: list[int | None] = [b for b in (1, 5, 10) if b <= a.per_class] + [None]
     results: dict[str, Any] = {}

@@ -107,9 +107,10 @@ class BucketedResumableLoader(ResumableLoader):
                  pin_memory: bool = False, seed: int = 0, trainer: Any = None) -> None:
         self.buckets = [list(b) for b in buckets]
         covered = sorted(i for b in self.buckets for i in b)
-        if covered != list(range(len(dataset))):  # type: ignore[arg-type]
-            raise ConfigError(f"the buckets cover {len(covered)} indices but the dataset has "
-                              f"{len(dataset)} samples: every sample must be in exactly one bucket")  # type: ignore[arg-type]
+        size = len(dataset)  # type: ignore[arg-type]
+        if covered != list(range(size)):
+            raise ConfigError(f"the buckets cover {len(covered)} indices but the dataset has {size} samples: "
+                              "every sample must be in exactly one bucket")
         super().__init__(dataset, batch_size, num_workers, drop_last, collate_fn, pin_memory, seed, True, trainer)
 
     def _batches(self) -> list[list[int]]:

@@ -18,7 +18,8 @@ within a batch while sources differ. A batch is the any-sensor contract's dict:
 - `wavelengths`, `bandwidths` (C,) float nm; `bands` list of C names; `sensor` name; `gsd_m`,
 - `mean`, `std` (C,) per-band statistics in physical units: the sensor's own (`stats: sensor`)
   or computed over the source's training chips (`stats: compute`),
-- `valid` (B, H, W) bool where a pixel holds data (every source has it, all True without nodata); `label` (B,) for classification; `path`.
+- `valid` (B, H, W) bool where a pixel holds data (every source has it, all True without
+  nodata); `label` (B,) for classification; `path`.
 
 Every source's files are checked at `setup` (header reads): a file with another band count than
 its sensor has, an unknown sensor, a missing or empty root is one error naming the file or root.
@@ -31,7 +32,6 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -110,7 +110,8 @@ class SensorCollate:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         which = sorted({int(item["source"]) for item in items})
         if len(which) != 1:
-            raise DataError(items[0].get("path", "?"), f"a batch mixes sensors {[self.sources[s].sensor for s in which]}; "
+            sensors = [self.sources[s].sensor for s in which]
+            raise DataError(items[0].get("path", "?"), f"a batch mixes sensors {sensors}; "
                             "mixed-sensor batches need the bucketing sampler (MultiSensorDataModule's loaders)")
         info = self.sources[which[0]]
         scale = torch.tensor(info.scale, dtype=torch.float32)[:, None, None]
@@ -271,9 +272,9 @@ class MultiSensorDataModule(MaekitDataModule):
                                                          "no std to normalise with")
             mean, std = tuple(m.tolist()), tuple(s.tolist())
         bands = sensor.select(chips.bands)
+        gsd = float(sensor.gsd_m)  # type: ignore[arg-type]  # checked in `_sensor`
         return SourceInfo(sensor.name, tuple(chips.bands), tuple(b.wavelength_nm for b in bands),
-                          tuple(b.bandwidth_nm for b in bands), float(sensor.gsd_m), mean, std,  # type: ignore[arg-type]
-                          scale, offset)
+                          tuple(b.bandwidth_nm for b in bands), gsd, mean, std, scale, offset)
 
     # ------------------------------------------------------------------ loaders
     @property
@@ -284,17 +285,17 @@ class MultiSensorDataModule(MaekitDataModule):
 
     def loader(self, name: str) -> DataLoader:
         """An evaluation loader over split `name`: each source in order, one source per batch."""
-        dataset = self.split_dataset(name)
+        dataset: SensorChips = self.split_dataset(name)  # type: ignore[assignment]
         workers = worker_count(self.num_workers)
-        sampler = BucketBatchSampler(dataset.buckets(), self.eval_batch_size, shuffle=False)  # type: ignore[attr-defined]
+        sampler = BucketBatchSampler(dataset.buckets(), self.eval_batch_size, shuffle=False)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
                           persistent_workers=workers > 0)
 
     def train_dataloader(self) -> BucketedResumableLoader:
-        train = self.split_dataset("train")
+        train: SensorChips = self.split_dataset("train")  # type: ignore[assignment]
         full = getattr(self, "full_pass", False)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed_everything, the same on every rank
-        return BucketedResumableLoader(train, train.buckets(), self.batch_size, worker_count(self.num_workers),  # type: ignore[attr-defined]
+        return BucketedResumableLoader(train, train.buckets(), self.batch_size, worker_count(self.num_workers),
                                        drop_last=self.drop_last_train and not full, collate_fn=self.collate_fn,
                                        pin_memory=torch.cuda.is_available(), seed=seed,
                                        trainer=getattr(self, "trainer", None))

@@ -18,6 +18,8 @@ EXPECTED_TEXT = {
     "nerf": ["pretraining loss reached", "voxel labelling Dice"],
     "pointcloud": ["pretraining loss reached", "linear SVM accuracy: pretrained", "fine-tuned accuracy with 5 votes"],
     "skeleton": ["linear probe accuracy: pretrained", "vs scratch"],
+    "any_sensor": ["pretraining loss reached", "held-out sensor dove8, 5 labels/class: linear probe accuracy pretrained",
+                   "EuroSAT RGB"],
 }
 
 

@@ -203,6 +203,8 @@ def test_skeleton_pretrain_probe_finetune_and_coco17(tmp_path_factory: pytest.Te
 # ------------------------------------------------------------------------------ every shipped config
 #: configs that read something other than `--data.root`
 DATA_ARGS = {"naip/pretrain_torchgeo.yaml": "--data.paths"}
+#: configs whose data option is more than a folder: (option, value with {tmp} for the folder)
+DATA_VALUES = {"multisensor/pretrain_mixed.yaml": ("--data.sources", "[{{root: {tmp}, sensor: naip}}]")}
 SMALL = {"rgb", "mri"}  # tiny already: built at their shipped size
 #: what nano needs besides its size
 AT_NANO = {"ct/pretrain.yaml": ["--model.decoder_reads", "[1,2]"]}
@@ -217,7 +219,8 @@ def test_every_shipped_config_builds_its_model_and_datamodule(config: str, tmp_p
     if config == "naip/pretrain_shards.yaml":
         pytest.skip("reads a shard manifest at construction: built in tests/test_shards.py")
     small = "small" in config or "kinect20" in config or config.split("/")[0] in SMALL
-    args = ["-c", str(CONFIGS / config), DATA_ARGS.get(config, "--data.root"), str(tmp_path)]
+    option, value = DATA_VALUES.get(config, (DATA_ARGS.get(config, "--data.root"), "{tmp}"))
+    args = ["-c", str(CONFIGS / config), option, value.format(tmp=tmp_path)]
     built = MaekitCLI(args=args if small else [*args, *NANO, *AT_NANO.get(config, [])], run=False)
     assert built.model is not None and built.datamodule is not None
     if "pretrain_small" in config:  # small means small: ~1 M parameters (decoder included)

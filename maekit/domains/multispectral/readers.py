@@ -202,6 +202,32 @@ def chip_size(path: str | Path) -> tuple[int, int]:
         raise DataError(path, f"cannot be opened as a raster: {err}") from err
 
 
+def chip_band_count(path: str | Path) -> int:
+    """Number of bands of a chip file, from its header where the format has one."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in PICTURE_SUFFIXES:
+        with _open_picture(path) as picture:
+            if picture.mode == "P":  # palette pictures are read expanded to RGB (RGBA with transparency)
+                return 4 if "transparency" in picture.info else 3
+            return _PICTURE_MODES.get(picture.mode, len(picture.getbands()))
+    if suffix == ".npy":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as err:
+            raise DataError(path, f"cannot be read as a numpy array: {err}") from err
+        if len(shape) != 3:
+            raise DataError(path, f"holds an array of shape {shape}; expected (bands, height, width)")
+        return int(shape[0])
+    if suffix == ".npz":
+        return _npz_bands(path)
+    try:
+        with rasterio.open(path) as src:
+            return int(src.count)
+    except RasterioError as err:
+        raise DataError(path, f"cannot be opened as a raster: {err}") from err
+
+
 def _npz_bands(path: Path) -> int:
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -26,11 +26,24 @@ def band_statistics(datamodule: Any, adapter: Any | None, max_files: int = 1000)
         index = [adapter.channels.index(b) for b in bands]  # type: ignore[attr-defined]
         scale = adapter.scale.double().numpy()[index]
         offset = adapter.offset.double().numpy()[index]
-    total = np.zeros(len(bands))
-    square = np.zeros(len(bands))
-    count = 0
+    mean, std, count, files = chip_statistics(dataset, scale, offset, max_files)
+    if count == 0:
+        raise DataError(getattr(datamodule, "root", "?"), "no valid pixel to compute statistics from")
+    return {"bands": bands, "mean": mean.tolist(), "std": std.tolist(), "pixels": count, "files": files}
+
+
+def chip_statistics(dataset: Any, scale: np.ndarray, offset: np.ndarray, max_files: int = 1000
+                    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(mean, std, valid pixels, files read) of every band of a chip dataset's items (`image`
+    (C, H, W) raw, optional `valid`), mapped to physical units with `raw * scale + offset`, over
+    an even stride of at most `max_files` items. Accumulated in float64; mean/std are NaN when
+    there is no valid pixel."""
+    scale = np.asarray(scale, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    total = np.zeros(len(scale))
+    square = np.zeros(len(scale))
+    count = files = 0
     step = max(1, len(dataset) // max_files)
-    files = 0
     for i in progress(range(0, len(dataset), step), desc="files", unit="file"):
         item = dataset[i]
         image = item["image"].double().numpy()
@@ -41,7 +54,6 @@ def band_statistics(datamodule: Any, adapter: Any | None, max_files: int = 1000)
         count += pixels.shape[1]
         files += 1
     if count == 0:
-        raise DataError(getattr(datamodule, "root", "?"), "no valid pixel to compute statistics from")
+        return np.full(len(scale), np.nan), np.full(len(scale), np.nan), 0, files
     mean = total / count
-    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
-    return {"bands": bands, "mean": mean.tolist(), "std": std.tolist(), "pixels": count, "files": files}
+    return mean, np.sqrt(np.maximum(square / count - mean**2, 0.0)), count, files

@@ -88,10 +88,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:
         """(B, K, D) encoding of the visible tokens, and the outputs of the `decoder_reads` blocks."""
-        x, pos = self.adapter.embed_parts(tokens)
-        index = visible.index[..., None].expand(-1, -1, x.shape[-1])
-        x = torch.gather(x, 1, index)
-        pos = torch.gather(pos, 1, index) if pos is not None else None
+        x, pos = self.adapter.embed_visible(tokens, visible.index)
         if not self.decoder_reads:
             return self.encoder(x, visible.valid, pos=pos), []
         return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads), pos=pos)

@@ -135,6 +135,7 @@ def profile_step(step: Callable[[torch.Tensor], torch.Tensor], images: torch.Ten
     for e in events[:rows]:
         lines.append(f"| {e.key} | {e.count / steps:.0f} | {getattr(e, key) / steps / 1e3:.1f} | "
                      f"{getattr(e, key) / total:.1%} |")
+    lines.append(f"| (all ops) | | {total / steps / 1e3:.1f} | 100% |")
     return "\n".join(lines)
 
 

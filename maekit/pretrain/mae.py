@@ -101,8 +101,8 @@ class MaskedAutoencoder(nn.Module):
         mask_token = self.mask_token.to(y.dtype)
         if visible.valid is not None:
             y = torch.where(visible.valid[..., None], y, mask_token)
-        full = mask_token.expand(batch, num, -1).clone()
-        full = full.scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
+        # out-of-place scatter into the broadcast mask token: one (B, N, D) copy, not two
+        full = mask_token.expand(batch, num, -1).scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
         position = self.adapter.encode_position(tokens.coords, full.shape[-1]).to(full.dtype)
         full = full + position + self.decoder_group(tokens.group).to(full.dtype)
         if self.decoder_reads:

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
@@ -79,6 +80,7 @@ def _cli_losses(root: Path, tmp_path: Path, precision: str, seed: int) -> list[f
         return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
 
+@pytest.mark.filterwarnings("ignore:trainer.precision bf16-mixed on a CPU")
 def test_bf16_mixed_loss_curve_tracks_fp32_through_the_cli(naip_chips: Path, tmp_path: Path) -> None:
     """`maekit fit --trainer.precision bf16-mixed` on CPU: 18 seeded steps (same data order and
     masks as the fp32 run) stay within 2 % of the fp32 losses at every step, while the loss
@@ -97,3 +99,18 @@ def test_bf16_mixed_loss_curve_tracks_fp32_through_the_cli(naip_chips: Path, tmp
     assert bf16 != fp32  # the bf16 run really computed in another precision
     fall = sum(fp32[:3]) / 3 - sum(fp32[-3:]) / 3
     assert fall > 0.02 * fp32[0] and sum(bf16[:3]) / 3 - sum(bf16[-3:]) / 3 > 0.02 * bf16[0]
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_32_true_does_not() -> None:
+    from maekit.cli import cpu_has_bf16_units, slow_cpu_bf16_note
+
+    def trainer(precision: str) -> L.Trainer:
+        return L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+
+    note = slow_cpu_bf16_note(trainer("bf16-mixed"))
+    if cpu_has_bf16_units():
+        assert note is None
+    else:  # e.g. this project's AVX2 machine
+        assert note is not None and "32-true" in note and "bf16-mixed" in note
+    assert slow_cpu_bf16_note(trainer("32-true")) is None

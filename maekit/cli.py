@@ -142,7 +142,9 @@ def slow_cpu_bf16_note(trainer: Any) -> str | None:
     """A warning for bf16 mixed precision on a CPU without bf16 units: autocast does run the
     matmuls in bf16 there, but emulated, several times slower than fp32 (measured 8x on an
     AVX2 machine by benchmarks/mae_step.py). None when the run is not affected."""
-    if trainer.strategy.root_device.type != "cpu" or "bf16" not in str(trainer.precision):
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or "bf16" not in str(trainer.precision):
         return None
     if cpu_has_bf16_units():
         return None

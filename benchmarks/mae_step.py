@@ -3,11 +3,15 @@
 Both models get the same configuration (image size, patch, widths, depths, heads, mask ratio,
 batch) and the same loss (MSE on masked patches); a step is forward + backward + AdamW. maekit
 is timed twice: with the optimiser its Lightning module uses (fused AdamW) and with torch's
-default AdamW, the one the MONAI step uses, so the model-only difference shows too.
-Also reports achieved FLOP/s against a plain matmul measured on the same machine.
+default AdamW, the one the MONAI step uses, so the model-only difference shows too, and once
+more in the other precision (bf16 autocast, as Lightning's `bf16-mixed`, vs fp32) for the
+bf16 / fp32 step ratio. Also reports achieved FLOP/s against a plain matmul measured on the
+same machine. The last stdout line is one JSON object with the issue-15 `targets` and the
+`markdown` table; `--profile` prints torch.profiler's top ops instead.
 
     python benchmarks/mae_step.py                     # CPU, ViT-Tiny-sized, batch 8
     python benchmarks/mae_step.py --device cuda --size base --precision bf16 --batch 256
+    python benchmarks/mae_step.py --profile --threads 1 --steps 3
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_maekit(a: argparse.Namespace, kit_optimizer: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_maekit(a: argparse.Namespace, kit_optimizer: bool = True,
+                 precision: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """maekit's step; with `kit_optimizer` the optimiser the Lightning module configures (fused
-    AdamW, no decay on norms/biases/tokens), else torch's default AdamW like the MONAI step."""
+    AdamW, no decay on norms/biases/tokens), else torch's default AdamW like the MONAI step.
+    `precision` (default the benchmark's) is fp32 or bf16 autocast, as Lightning's bf16-mixed."""
+    precision = precision or a.precision
     adapter = MultispectralAdapter(bands=[f"c{i}" for i in range(a.channels)],
                                    groups=[[f"c{i}" for i in range(a.channels)]], patch_size=a.patch,
                                    norm_pix_loss=False)
@@ -49,7 +56,7 @@ def build_maekit(a: argparse.Namespace, kit_optimizer: bool = True) -> Callable[
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
 
     def step(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model({"image": images}).loss
         loss.backward()
         opt.step()
@@ -110,6 +117,34 @@ def matmul_rate(device: str, precision: str, n: int) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def profile_step(step: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, steps: int,
+                 rows: int = 15) -> str:
+    """torch.profiler's table of the ops that take most self time over `steps` steps (after one
+    untimed step), with each op's share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(images)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if images.is_cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(images)
+    key = "self_device_time_total" if images.is_cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    lines = ["| op | calls/step | self ms/step | share |", "|---|---|---|---|"]
+    for e in events[:rows]:
+        lines.append(f"| {e.key} | {e.count / steps:.0f} | {getattr(e, key) / steps / 1e3:.1f} | "
+                     f"{getattr(e, key) / total:.1%} |")
+    lines.append(f"| (all ops) | | {total / steps / 1e3:.1f} | 100% |")
+    return "\n".join(lines)
+
+
+def _target(name: str, value: float, goal: float, unit: str) -> dict[str, object]:
+    """One issue-15 target in the benchmarks' JSON convention."""
+    text = f">= {goal:.0%}" if unit == "%" else f">= {goal}x"
+    return {"target": name, "value": value, "goal": text, "met": bool(value >= goal)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -127,13 +162,31 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile maekit's stacks")
     p.add_argument("--no-monai", action="store_true")
+    p.add_argument("--no-precision-ratio", action="store_true",
+                   help="skip the maekit step in the other precision (bf16 autocast vs fp32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--profile", action="store_true",
+                   help="print torch.profiler's top ops of maekit's step (and MONAI's unless --no-monai), then exit")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     images = torch.rand(a.batch, a.channels, a.image, a.image, device=a.device)
+    if a.profile:
+        profiled = {"maekit": build_maekit(a)} | ({} if a.no_monai else {"monai": build_monai(a)})
+        tables = {}
+        for name, fn in profiled.items():
+            tables[name] = profile_step(fn, images, a.steps)
+            print(f"top ops of {name}'s step ({a.steps} steps, self time):\n{tables[name]}\n")
+        print(json.dumps({"config": vars(a), "profile": tables}))
+        return
+    other = "fp32" if a.precision == "bf16" else "bf16"
     steps = {"maekit": build_maekit(a)}
     if not a.no_monai:
         steps["maekit, plain AdamW"] = build_maekit(a, kit_optimizer=False)
         steps["monai"] = build_monai(a)
+    if not a.no_precision_ratio:
+        steps[f"maekit, {other}"] = build_maekit(a, precision=other)
     flops = {name: step_flops(fn, images) for name, fn in steps.items()}
     for _ in range(a.warmup):
         for fn in steps.values():
@@ -148,24 +201,43 @@ def main() -> None:
             sync(a.device)
             times[name].append(time.perf_counter() - t)
     peak = matmul_rate(a.device, a.precision, 4096 if a.device == "cuda" else 1024)
-    result: dict[str, object] = {"config": {k: v for k, v in vars(a).items()}, "matmul_gflops": peak / 1e9}
-    print(f"device={a.device} size={a.size} precision={a.precision} batch={a.batch} image={a.image} "
-          f"patch={a.patch} decoder={a.decoder_width}x{a.decoder_depth} mask={a.mask_ratio}")
-    print(f"plain {a.precision} matmul: {peak / 1e9:.1f} GFLOP/s")
-    print("| model | median ms/step | images/s | GFLOP/step | achieved GFLOP/s | of matmul |")
-    print("|---|---|---|---|---|---|")
+    med = {name: statistics.median(t) for name, t in times.items()}
+    result: dict[str, object] = {"config": {k: v for k, v in vars(a).items()}, "matmul_gflops": peak / 1e9,
+                                 "torch_threads": torch.get_num_threads()}
+    lines = [f"device={a.device} size={a.size} precision={a.precision} batch={a.batch} image={a.image} "
+             f"patch={a.patch} decoder={a.decoder_width}x{a.decoder_depth} mask={a.mask_ratio} "
+             f"threads={torch.get_num_threads()}{' compiled' if a.compile else ''}",
+             "",
+             f"plain {a.precision} matmul ({'4096' if a.device == 'cuda' else '1024'}^2): {peak / 1e9:.1f} GFLOP/s",
+             "",
+             "| model | median ms/step | images/s | GFLOP/step | achieved GFLOP/s | of matmul |",
+             "|---|---|---|---|---|---|"]
     for name in steps:
-        med = statistics.median(times[name])
-        rate = flops[name] / med
-        result[name] = {"ms": med * 1e3, "images_per_s": a.batch / med, "gflop_per_step": flops[name] / 1e9,
-                        "gflops": rate / 1e9, "fraction_of_matmul": rate / peak}
-        print(f"| {name} | {med * 1e3:.1f} | {a.batch / med:.1f} | {flops[name] / 1e9:.1f} | {rate / 1e9:.1f} | "
-              f"{rate / peak:.1%} |")
+        rate = flops[name] / med[name]
+        result[name] = {"ms": med[name] * 1e3, "images_per_s": a.batch / med[name],
+                        "gflop_per_step": flops[name] / 1e9, "gflops": rate / 1e9, "fraction_of_matmul": rate / peak}
+        lines.append(f"| {name} | {med[name] * 1e3:.1f} | {a.batch / med[name]:.1f} | {flops[name] / 1e9:.1f} | "
+                     f"{rate / 1e9:.1f} | {rate / peak:.1%} |")
+    lines.append("")
+    targets = []
+    suffix = "" if a.precision == "fp32" else f" ({a.precision})"
     if "monai" in steps:
         for name in ("maekit", "maekit, plain AdamW"):
-            ratio = statistics.median(times["monai"]) / statistics.median(times[name])
+            ratio = med["monai"] / med[name]
             result[f"speedup_vs_monai ({name})"] = ratio
-            print(f"{name}: {ratio:.2f}x the speed of MONAI MaskedAutoEncoderViT (median step-time ratio)")
+            lines.append(f"- {name}: {ratio:.2f}x the speed of MONAI MaskedAutoEncoderViT (median step-time ratio)")
+        targets.append(_target("MAE step vs MONAI" + suffix, med["monai"] / med["maekit"], 1.4, "x"))
+    fraction = flops["maekit"] / med["maekit"] / peak
+    targets.append(_target(f"MAE step of {a.precision} matmul", fraction, 0.5, "%"))
+    if f"maekit, {other}" in steps:
+        bf16, fp32 = ("maekit", f"maekit, {other}") if a.precision == "bf16" else (f"maekit, {other}", "maekit")
+        ratio = med[fp32] / med[bf16]
+        lines.append(f"- maekit bf16-autocast step: {ratio:.2f}x the speed of its fp32 step")
+        targets.append(_target(f"bf16 / fp32 step on {a.device.upper()}", ratio, 1.6, "x"))
+    markdown = "\n".join(lines)
+    print(markdown)
+    result["targets"] = targets
+    result["markdown"] = markdown
     print(json.dumps(result))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,9 @@ class MaekitCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        note = slow_cpu_bf16_note(trainer)
+        if note:
+            warnings.warn(note, stacklevel=2)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -124,6 +128,29 @@ class MaekitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         parser.set_defaults({"trainer.precision": "bf16-mixed" if bf16 else "32-true"})
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def slow_cpu_bf16_note(trainer: Any) -> str | None:
+    """A warning for bf16 mixed precision on a CPU without bf16 units: autocast does run the
+    matmuls in bf16 there, but emulated, several times slower than fp32 (measured 8x on an
+    AVX2 machine by benchmarks/mae_step.py). None when the run is not affected."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or "bf16" not in str(trainer.precision):
+        return None
+    if cpu_has_bf16_units():
+        return None
+    return (f"trainer.precision {trainer.precision} on a CPU without bf16 units (no AVX-512-BF16/AMX; torch "
+            f"reports {torch.backends.cpu.get_cpu_capability()}): the matmuls run in emulated bf16, several times "
+            "slower than 32-true; use --trainer.precision 32-true on this machine unless memory is the limit")
 
 
 def _class_items(value: Any) -> list[Any]:

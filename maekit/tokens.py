@@ -137,6 +137,14 @@ class DomainAdapter(nn.Module, ABC):
         block (Point-MAE); the engine passes the second to the encoder as `pos`."""
         return self.embed(tokens), None
 
+    def embed_visible(self, tokens: Tokens, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`embed_parts` of only the tokens at `index` (B, K): (B, K, D) each. This default
+        embeds every token and gathers; adapters whose embedding is per token override it to
+        embed the visible ones alone (the MAE encoder sees a quarter of the tokens)."""
+        x, pos = self.embed_parts(tokens)
+        take = index[..., None].expand(-1, -1, x.shape[-1])
+        return torch.gather(x, 1, take), (torch.gather(pos, 1, take) if pos is not None else None)
+
     @abstractmethod
     def encode_position(self, coords: Tensor, dim: int) -> Tensor:
         """(B, N, dim) fixed position code of `coords`, used by decoders of any width."""

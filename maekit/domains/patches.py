@@ -242,6 +242,19 @@ class PatchGridAdapter(DomainAdapter):
         pos = self.pos_table(tokens.coords) if self.position == "learned" else self.encode_position(tokens.coords, x.shape[-1])
         return x + pos.to(x.dtype) + self.group_embed(tokens.group).to(x.dtype)
 
+    def embed_visible(self, tokens: Tokens, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """With one group of channels, project only the visible patches (gathered first): the
+        same values as embedding all and gathering, at a quarter of the cost at mask 0.75."""
+        if len(self.present_groups) != 1:  # per-group projections: embed all, then gather
+            return super().embed_visible(tokens, index)
+        g = self.present_groups[0]
+        values = torch.gather(tokens.values, 1, index[..., None].expand(-1, -1, tokens.values.shape[-1]))
+        coords = torch.gather(tokens.coords, 1, index[..., None].expand(-1, -1, tokens.coords.shape[-1]))
+        x = self.patch_embed[g](values[..., : self.group_width[g]])
+        pos = self.pos_table(coords) if self.position == "learned" else self.encode_position(coords, x.shape[-1])
+        # one group: every token's group embedding is the same row
+        return x + pos.to(x.dtype) + self.group_embed.weight[g].to(x.dtype), None
+
     def encode_position(self, coords: Tensor, dim: int) -> Tensor:
         return sincos_embedding(coords, dim)
 
@@ -271,7 +284,9 @@ class PatchGridAdapter(DomainAdapter):
         return t if m is None else t * m
 
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
-        error = (pred - target).abs() if self.pixel_loss == "l1" else (pred - target) ** 2
+        # one fused kernel each way (forward and backward), the same values as (pred - target) ** 2
+        loss_fn = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
+        error = loss_fn(pred, target, reduction="none")
         m = self._width_mask(tokens)
         if m is None:
             return error.mean(-1)

@@ -88,10 +88,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_encoder(self, tokens: Tokens, visible: Visible) -> tuple[Tensor, list[Tensor]]:
         """(B, K, D) encoding of the visible tokens, and the outputs of the `decoder_reads` blocks."""
-        x, pos = self.adapter.embed_parts(tokens)
-        index = visible.index[..., None].expand(-1, -1, x.shape[-1])
-        x = torch.gather(x, 1, index)
-        pos = torch.gather(pos, 1, index) if pos is not None else None
+        x, pos = self.adapter.embed_visible(tokens, visible.index)
         if not self.decoder_reads:
             return self.encoder(x, visible.valid, pos=pos), []
         return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads), pos=pos)
@@ -104,8 +101,8 @@ class MaskedAutoencoder(nn.Module):
         mask_token = self.mask_token.to(y.dtype)
         if visible.valid is not None:
             y = torch.where(visible.valid[..., None], y, mask_token)
-        full = mask_token.expand(batch, num, -1).clone()
-        full = full.scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
+        # out-of-place scatter into the broadcast mask token: one (B, N, D) copy, not two
+        full = mask_token.expand(batch, num, -1).scatter(1, visible.index[..., None].expand(-1, -1, y.shape[-1]), y)
         position = self.adapter.encode_position(tokens.coords, full.shape[-1]).to(full.dtype)
         full = full + position + self.decoder_group(tokens.group).to(full.dtype)
         if self.decoder_reads:

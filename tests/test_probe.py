@@ -205,7 +205,7 @@ def test_probe_cli_writes_json_for_pretrained_and_random(chips: Path, tmp_path: 
             scores = budget[model]
             assert set(scores) == {"knn", "linear", "knn_std", "linear_std"}
             assert all(0 <= scores[m] <= 1 for m in ("knn", "linear"))
-    assert result["labels_per_class"]["all"]["random"]["knn_std"] == 0.0  # one draw
+    assert result["labels_per_class"]["all"]["pretrained"]["knn_std"] == 0.0  # one draw (random: 3 inits)
     assert result["n_train"] == 24 and result["n_test"] == 12 and result["test_split"] == "val"
     assert result["weights"] == str(ckpt) and result["seeds"] == 2 and result["classes"] == 4
     assert result["random_inits"] == 3 and "3 initialisation(s)" in printed

@@ -15,7 +15,7 @@ from maekit.datasets.samples import make_chip_dataset
 from maekit.errors import ConfigError
 from maekit.finetune.probe import (
     dense_probe_dice, dice_scores, extract, knn_accuracy, labelled_subset, logistic_accuracy, parse_budgets,
-    probe_models, tokens_to_voxels,
+    probe_models, probe_scores, tokens_to_voxels, voxels_to_tokens,
 )
 
 from .conftest import REPO
@@ -72,6 +72,41 @@ def test_knn_votes_by_cosine_similarity_not_distance() -> None:
     assert knn_accuracy(train_x, train_y, test_x, np.array([0, 1]), k=3) == 1.0
 
 
+@pytest.mark.parametrize("seed", [int(np.random.default_rng().integers(1000))])
+def test_knn_standardise_removes_a_shared_direction_and_still_fails_on_shuffled_labels(seed: int) -> None:
+    """A few feature dimensions of large variance unrelated to the class (as MAE features have)
+    drown a cosine kNN's class signal; standardising by the training samples' statistics recovers it."""
+    rng = np.random.default_rng(seed)
+    classes, dim = int(rng.integers(3, 6)), int(rng.integers(8, 24))
+    x, y = _separable(rng, classes, 60, dim)
+    nuisance = rng.normal(size=(len(y), int(rng.integers(3, 6)))) * rng.uniform(50, 200)
+    x = np.concatenate([x * 0.01, nuisance], 1)[:, rng.permutation(dim + nuisance.shape[1])]
+    train = rng.permutation(len(y))[: len(y) // 2]
+    test = np.setdiff1d(np.arange(len(y)), train)
+    chance = 1 / classes
+    plain = knn_accuracy(x[train], y[train], x[test], y[test], k=20)
+    standardised = knn_accuracy(x[train], y[train], x[test], y[test], k=20, standardise=True)
+    assert standardised > 0.9 and standardised > plain + 0.2
+    wrong = (y[train] + 1) % classes  # every feature with another class's label
+    assert knn_accuracy(x[train], wrong, x[test], y[test], k=20, standardise=True) < chance / 2
+
+
+def test_probe_scores_pool_random_initialisations() -> None:
+    """`random#i` models are pooled into `random`: mean and std over every initialisation and draw."""
+    rng = np.random.default_rng(int(np.random.default_rng().integers(1000)))
+    classes, dim = 3, int(rng.integers(6, 12))
+    feats = {}
+    for name in ("pretrained", "random", "random#1"):
+        x, y = _separable(rng, classes, 30, dim)
+        feats[name] = (torch.from_numpy(x).float(), torch.from_numpy(y), None)
+    test = {name: (f[0][::2], f[1][::2], None) for name, f in feats.items()}
+    pooled = probe_scores(feats, test, [5], seeds=2)["5"]
+    assert set(pooled) == {"pretrained", "random"}
+    alone = [probe_scores({"m": feats[n]}, {"m": test[n]}, [5], seeds=2)["5"]["m"] for n in ("random", "random#1")]
+    assert pooled["random"]["knn"] == pytest.approx(np.mean([a["knn"] for a in alone]))
+    assert pooled["random"]["linear"] == pytest.approx(np.mean([a["linear"] for a in alone]))
+
+
 def test_budgets_draw_exactly_n_per_class_and_differ_by_seed() -> None:
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 5, 300)
@@ -101,6 +136,15 @@ def test_tokens_to_voxels_puts_each_token_on_its_patch() -> None:
     assert voxels[0, 1, z, y, x] == index[0, z // patch, y // patch, x // patch, 0]
 
 
+def test_voxels_to_tokens_inverts_tokens_to_voxels() -> None:
+    rng = np.random.default_rng(int(np.random.default_rng().integers(1000)))
+    patch, grid = int(rng.integers(1, 4)), [int(g) for g in rng.integers(1, 4, 3)]
+    values = torch.from_numpy(rng.integers(0, 100, (2, *[g * patch for g in grid])))
+    tokens = voxels_to_tokens(values, patch)
+    assert tokens.shape == (2, *grid, patch**3)
+    assert torch.equal(tokens_to_voxels(tokens, patch, 1)[:, 0], values)
+
+
 def test_dice_scores_by_class_present_in_each_case() -> None:
     truth = torch.zeros(2, 4, 4, dtype=torch.long)
     truth[0, :2] = 1  # case 0: class 1 on 8 voxels; case 1: class 2 on 4 voxels
@@ -127,6 +171,10 @@ def test_dense_probe_learns_token_labels_and_fails_on_shuffled_cases() -> None:
     shuffled = dense_probe_dice(features[train], masks[train][order], valid[train], features[test], masks[test],
                                 valid[test], patch, classes, steps=150)
     assert good > 0.9 and shuffled < 0.6
+    # mini-batches of tokens (the cheaper head for many cases) learn the same structure
+    batched = dense_probe_dice(features[train], masks[train], valid[train], features[test], masks[test], valid[test],
+                               patch, classes, steps=150, batch_tokens=int(rng.integers(32, 96)))
+    assert batched > 0.9
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -157,15 +205,19 @@ def test_probe_cli_writes_json_for_pretrained_and_random(chips: Path, tmp_path: 
             scores = budget[model]
             assert set(scores) == {"knn", "linear", "knn_std", "linear_std"}
             assert all(0 <= scores[m] <= 1 for m in ("knn", "linear"))
-    assert result["labels_per_class"]["all"]["random"]["knn_std"] == 0.0  # one draw
+    assert result["labels_per_class"]["all"]["pretrained"]["knn_std"] == 0.0  # one draw (random: 3 inits)
     assert result["n_train"] == 24 and result["n_test"] == 12 and result["test_split"] == "val"
     assert result["weights"] == str(ckpt) and result["seeds"] == 2 and result["classes"] == 4
+    assert result["random_inits"] == 3 and "3 initialisation(s)" in printed
 
-    # the "pretrained" model is the checkpoint's; the "random" one is not
-    models, datamodule, _ = probe_models(args)
+    # the "pretrained" model is the checkpoint's; the random ones are not, and differ from each other
+    models, datamodule, _ = probe_models(args, random_inits=2)
+    assert set(models) == {"pretrained", "random", "random#1"}
     key = "encoder.blocks.0.attn.qkv.weight"
     assert torch.equal(models["pretrained"].state_dict()[key], source.state_dict()[key])
     assert not torch.allclose(models["random"].state_dict()[key], source.state_dict()[key])
+    assert not torch.allclose(models["random"].state_dict()[key], models["random#1"].state_dict()[key])
+    assert torch.equal(probe_models(args)[0]["random"].state_dict()[key], models["random"].state_dict()[key])
     from maekit.finetune.probe import evaluation_loaders
 
     train, _, _, _ = evaluation_loaders(datamodule)

@@ -40,6 +40,7 @@ def test_commands_use_the_shipped_configs_and_keep_outputs_under_out(tmp_path: P
     hprobe = realdata.probe_command(sets["hippocampus"], data, out, weights, python="PY")
     assert hprobe[hprobe.index("-c") + 1] == str(REPO / "configs/mri/probe.yaml")
     assert hprobe[hprobe.index("--labels_per_class") + 1] == "8,all"
+    assert hprobe[hprobe.index("--random_inits") + 1] == "1" and "--random_inits" not in probe  # default 3
     for s in realdata.SETS:  # never a patch size, band or model override: the configs are the recipe
         for argv in (realdata.fit_command(s, data, out), realdata.probe_command(s, data, out, weights)):
             assert not [a for a in argv if a.startswith("--model.") and a != "--model.pretrained"]

@@ -3,23 +3,27 @@
 The protocol (as torchgeo-bench, GEO-Bench and PANGAEA evaluate frozen encoders):
 
 1. The config's datamodule and model (adapter + encoder, as the fine-tuning tasks build them) are
-   instantiated twice: once with the given weights, once at random initialisation (seeded by the
-   config's `seed_everything`). The random model takes the loaded model's buffers (input
-   normalisation statistics), so only learned weights differ.
+   instantiated with the given weights and at random initialisation, `--random_inits` times
+   (default 3; seeded by the config's `seed_everything`, then +1, +2: one random init is a noisy
+   baseline, about +-1.5 points of linear-probe accuracy on EuroSAT). The random models take the
+   loaded model's buffers (input normalisation statistics), so only learned weights differ.
 2. Features are extracted once per model, in eval mode without gradients: every training sample
    without augmentation (random crops become centre crops, flips and point/skeleton augmentations
    are off), and the test split (the datamodule's `test` split if it has its own, else `val`).
 3. Per labels-per-class budget, `seeds` seeded draws of that many training samples per class (one
    draw for `all`); the same draws for both models.
-4. Classification (batches with `label`): kNN on cosine similarity (k = 20, fewer when fewer
-   training samples; each neighbour votes with weight exp(similarity / 0.07), as DINO's kNN) and a
+4. Classification (batches with `label`): kNN on cosine similarity of standardised features
+   (per-feature mean and std of the labelled samples, as the linear probe; MAE features share a
+   large common direction that otherwise dominates the cosine), k = 20, fewer when fewer
+   training samples; each neighbour votes with weight exp(similarity / 0.07), as DINO's kNN; and a
    linear probe (logistic regression on standardised features, C by stratified cross-validation,
    see `linear_classifier_accuracy`), both as test accuracy.
    Dense data (batches with `mask`, e.g. volumes with label maps): a light head, one linear map
    per token to its patch's voxel logits, trained for a fixed number of full-batch AdamW steps
    (cross-entropy + soft Dice) on the frozen token features of the labelled cases; reported as
    Dice, per test case and foreground class present in its label map, averaged.
-5. Mean and std (over seeds) per budget, printed as a table and written as JSON.
+5. Mean and std (over draws, and over random initialisations for `random`) per budget, printed as a
+   table and written as JSON.
 """
 
 from __future__ import annotations
@@ -85,11 +89,18 @@ def budget_name(per_class: int | None) -> str:
 
 # ----------------------------------------------------------------------------- classifiers
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 k: int = 20, temperature: float = KNN_TEMPERATURE) -> float:
+                 k: int = 20, temperature: float = KNN_TEMPERATURE, standardise: bool = False) -> float:
     """Test accuracy of a cosine-similarity kNN (k capped at the training samples); neighbours
-    vote with weight exp(similarity / temperature)."""
-    train = nn.functional.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
-    test = nn.functional.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
+    vote with weight exp(similarity / temperature). With `standardise`, features are first
+    centred and scaled by the training samples' per-feature mean and std (as the linear probe
+    does), so a direction shared by every sample does not dominate the cosine."""
+    train_t = torch.as_tensor(train_x, dtype=torch.float32)
+    test_t = torch.as_tensor(test_x, dtype=torch.float32)
+    if standardise:
+        mean, std = train_t.mean(0), train_t.std(0, unbiased=False).clamp(min=1e-6)
+        train_t, test_t = (train_t - mean) / std, (test_t - mean) / std
+    train = nn.functional.normalize(train_t, dim=1)
+    test = nn.functional.normalize(test_t, dim=1)
     labels = torch.as_tensor(train_y, dtype=torch.long)
     k = min(k, len(train))
     classes = int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
@@ -134,12 +145,25 @@ def dice_scores(pred: Tensor, truth: Tensor, valid: Tensor, classes: int) -> flo
     return float(np.mean(by_class))
 
 
+def voxels_to_tokens(values: Tensor, patch: int) -> Tensor:
+    """(n, *(grid * patch)) per-voxel values -> (n, *grid, patch^d): each token's patch, its voxels
+    in the order `tokens_to_voxels` reads a token's logits."""
+    n, *spatial = values.shape
+    d = len(spatial)
+    grid = [s // patch for s in spatial]
+    x = values.reshape(n, *[v for g in grid for v in (g, patch)])
+    order = [0] + [1 + 2 * j for j in range(d)] + [2 + 2 * j for j in range(d)]
+    return x.permute(order).reshape(n, *grid, patch**d)
+
+
 def dense_probe_dice(train_f: Tensor, train_m: Tensor, train_v: Tensor, test_f: Tensor, test_m: Tensor,
                      test_v: Tensor, patch: int, classes: int, steps: int = 300, lr: float = 1e-2,
-                     seed: int = 0) -> float:
+                     seed: int = 0, batch_tokens: int | None = None) -> float:
     """Dice of a linear per-token head (token -> its patch's voxel logits) trained on frozen token
-    features `train_f` (n, D, *grid) against label maps `train_m` (n, *grid * patch), full batch,
-    `steps` AdamW steps with cross-entropy + soft Dice over the `valid` voxels."""
+    features `train_f` (n, D, *grid) against label maps `train_m` (n, *grid * patch): `steps` AdamW
+    steps with cross-entropy + soft Dice over the `valid` voxels, full batch (or, with
+    `batch_tokens`, that many tokens drawn at random per step). The loss is computed per token (a
+    token's patch of voxels): the same loss as per voxel, without rearranging the logits each step."""
     generator = torch.Generator().manual_seed(seed)
     mean = train_f.mean(dim=[0, *range(2, train_f.ndim)], keepdim=True)
     std = train_f.std(dim=[0, *range(2, train_f.ndim)], keepdim=True).clamp(min=1e-6)
@@ -148,7 +172,12 @@ def dense_probe_dice(train_f: Tensor, train_m: Tensor, train_v: Tensor, test_f: 
     def channels_last(f: Tensor) -> Tensor:
         return ((f - mean) / std).movedim(1, -1)
 
-    x, y, w = channels_last(train_f), train_m.clamp(0, classes - 1), train_v.float()
+    x = channels_last(train_f).reshape(-1, train_f.shape[1])
+    y = voxels_to_tokens(train_m.clamp(0, classes - 1), patch).reshape(len(x), -1)
+    w = voxels_to_tokens(train_v.float(), patch).reshape(len(x), -1)
+    keep = w.sum(1) > 0  # tokens wholly outside the valid voxels teach nothing
+    x, y, w = x[keep], y[keep], w[keep]
+    onehot_all = nn.functional.one_hot(y, classes).movedim(-1, 1)[:, 1:].float()  # (T, classes-1, P)
     head = nn.Linear(train_f.shape[1], classes * patch**d)
     with torch.no_grad():
         bound = 1.0 / math.sqrt(train_f.shape[1])
@@ -156,12 +185,16 @@ def dense_probe_dice(train_f: Tensor, train_m: Tensor, train_v: Tensor, test_f: 
         head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(steps):
-        logits = tokens_to_voxels(head(x), patch, classes)
-        ce = (nn.functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp(min=1)
-        prob = logits.softmax(1)[:, 1:] * w.unsqueeze(1)
-        onehot = nn.functional.one_hot(y, classes).movedim(-1, 1)[:, 1:] * w.unsqueeze(1)
-        dims = [0, *range(2, prob.ndim)]
-        soft_dice = (2 * (prob * onehot).sum(dims) + 1) / (prob.sum(dims) + onehot.sum(dims) + 1)
+        if batch_tokens is not None and len(x) > batch_tokens:
+            idx = torch.randperm(len(x), generator=generator)[:batch_tokens]
+            xb, yb, wb, onehot = x[idx], y[idx], w[idx], onehot_all[idx]
+        else:
+            xb, yb, wb, onehot = x, y, w, onehot_all
+        logits = head(xb).reshape(len(xb), classes, -1)
+        ce = (nn.functional.cross_entropy(logits, yb, reduction="none") * wb).sum() / wb.sum().clamp(min=1)
+        prob = logits.softmax(1)[:, 1:] * wb.unsqueeze(1)
+        onehot = onehot * wb.unsqueeze(1)
+        soft_dice = (2 * (prob * onehot).sum([0, 2]) + 1) / (prob.sum([0, 2]) + onehot.sum([0, 2]) + 1)
         loss = ce + (1 - soft_dice.mean())
         optimizer.zero_grad()
         loss.backward()
@@ -272,7 +305,9 @@ def probe_scores(features: dict[str, tuple[Tensor, Tensor, Tensor | None]],
                  seeds: int, seed: int = 0, k: int = 20, dense: bool = False, patch: int = 1, classes: int = 2,
                  head_steps: int = 300) -> dict[str, dict[str, dict[str, float]]]:
     """Scores per budget and model: {budget: {model: {metric: mean, metric_std: std}}}. The
-    labelled draws of a budget are the same for every model (keyed by training-set labels)."""
+    labelled draws of a budget are the same for every model (keyed by training-set labels).
+    Models named `NAME#i` (several random initialisations) are pooled into NAME: mean and std
+    over every initialisation and draw."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     first = next(iter(features.values()))
     draw_labels = first[1].numpy() if not dense else np.zeros(len(first[1]), np.int64)  # cases: one "class"
@@ -280,9 +315,10 @@ def probe_scores(features: dict[str, tuple[Tensor, Tensor, Tensor | None]],
         draws = [labelled_subset(draw_labels, per_class, seed + i, "case" if dense else "class")
                  for i in range(1 if per_class is None else seeds)]
         out[budget_name(per_class)] = {}
+        pooled: dict[str, dict[str, list[float]]] = {}
         for name, (x, y, v) in features.items():
             tx, ty, tv = test[name]
-            scores: dict[str, list[float]] = {}
+            scores = pooled.setdefault(name.split("#")[0], {})
             for i, idx in enumerate(draws):
                 if dense:
                     assert v is not None and tv is not None
@@ -291,9 +327,11 @@ def probe_scores(features: dict[str, tuple[Tensor, Tensor, Tensor | None]],
                         x[sub], y[sub], v[sub], tx, ty, tv, patch, classes, head_steps, seed=seed + i))
                 else:
                     xs, ys = x.numpy()[idx], y.numpy()[idx]
-                    scores.setdefault("knn", []).append(knn_accuracy(xs, ys, tx.numpy(), ty.numpy(), k))
+                    scores.setdefault("knn", []).append(knn_accuracy(xs, ys, tx.numpy(), ty.numpy(), k,
+                                                                     standardise=True))
                     scores.setdefault("linear", []).append(logistic_accuracy(xs, ys, tx.numpy(), ty.numpy(),
                                                                              seed=seed + i))
+        for name, scores in pooled.items():
             summary: dict[str, float] = {}
             for metric, values in scores.items():
                 summary[metric] = float(np.mean(values))
@@ -314,9 +352,13 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def probe_models(config_args: list[str]) -> tuple[dict[str, nn.Module], Any, str]:
-    """({"pretrained": loaded model, "random": same architecture at random init}, datamodule,
-    weights) from `-c CONFIG` and `--data.*` / `--model.*` overrides, as `maekit fit` reads them."""
+def probe_models(config_args: list[str], random_inits: int = 1) -> tuple[dict[str, nn.Module], Any, str]:
+    """({"pretrained": loaded model, "random": same architecture at random init, "random#1", ...},
+    datamodule, weights) from `-c CONFIG` and `--data.*` / `--model.*` overrides, as `maekit fit`
+    reads them. `random_inits` random models: the first seeded by the config's `seed_everything`,
+    the i-th by that seed + i."""
+    if random_inits < 1:
+        raise ConfigError(f"random_inits is {random_inits}: at least one random initialisation is compared")
     import warnings
 
     from maekit.cli import MaekitCLI
@@ -328,13 +370,20 @@ def probe_models(config_args: list[str]) -> tuple[dict[str, nn.Module], Any, str
         if not weights:
             raise ConfigError("maekit probe compares pretrained weights with random initialisation: give "
                               "--model.pretrained WEIGHTS")
-        random_init = MaekitCLI(args=[*config_args, "--model.init_args.pretrained=null"], run=False).model
+        base = loaded.config.get("seed_everything")
+        base = 0 if base is None or isinstance(base, bool) else int(base)
+        randoms = {}
+        for i in range(random_inits):
+            seeded = [] if i == 0 else [f"--seed_everything={base + i}"]
+            randoms["random" if i == 0 else f"random#{i}"] = MaekitCLI(
+                args=[*config_args, "--model.init_args.pretrained=null", *seeded], run=False).model
     own = dict(loaded.model.named_buffers())
     with torch.no_grad():
-        for name, buffer in random_init.named_buffers():  # the same input normalisation in both
-            if name in own and own[name].shape == buffer.shape:
-                buffer.copy_(own[name])
-    return {"pretrained": loaded.model, "random": random_init}, loaded.datamodule, str(weights)
+        for random_init in randoms.values():
+            for name, buffer in random_init.named_buffers():  # the same input normalisation in all
+                if name in own and own[name].shape == buffer.shape:
+                    buffer.copy_(own[name])
+    return {"pretrained": loaded.model, **randoms}, loaded.datamodule, str(weights)
 
 
 def run_probe(models: dict[str, nn.Module], datamodule: Any, budgets: Sequence[int | None], seeds: int = 5,
@@ -385,7 +434,8 @@ def run_probe(models: dict[str, nn.Module], datamodule: Any, budgets: Sequence[i
         "protocol": ({"head": "linear per token -> its patch's voxel logits", "steps": head_steps,
                       "loss": "cross-entropy + soft Dice", "dice": "mean over test cases and their foreground classes"}
                      if dense else
-                     {"knn": f"cosine, k={k} (capped at the labelled samples), vote weight exp(sim/{KNN_TEMPERATURE})",
+                     {"knn": f"cosine on standardised features, k={k} (capped at the labelled samples), "
+                             f"vote weight exp(sim/{KNN_TEMPERATURE})",
                       "linear": "logistic regression on standardised features, C by stratified CV over 1e-3..1e2 "
                                 "(folds <= smallest class; C=1 without CV when a class has < 2 samples)"}),
         "notes": notes}
@@ -405,16 +455,20 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--seeds", type=int, default=5, help="labelled draws per budget (one for 'all')")
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw (then seed+1, ...)")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours (fewer when fewer labelled samples)")
+    p.add_argument("--random_inits", type=int, default=3,
+                   help="random initialisations compared (seeds seed_everything, +1, ...); scores pooled over all")
     p.add_argument("--head_steps", type=int, default=300, help="AdamW steps of the dense head (label maps)")
     p.add_argument("--out", help="write the results here as JSON")
     a, rest = p.parse_known_args(argv)
     budgets = parse_budgets(a.labels_per_class)
-    if a.seeds < 1 or a.k < 1 or a.head_steps < 1:
-        raise ConfigError("--seeds, --k and --head_steps must be at least 1")
-    models, datamodule, weights = probe_models(["-c", a.config, *rest])
-    result = {"weights": weights, **run_probe(models, datamodule, budgets, a.seeds, a.seed, a.k, a.head_steps)}
-    print(f"maekit probe: {weights} vs random init; {result['n_train']} training samples, {result['n_test']} "
-          f"{result['test_split']} samples; {a.seeds} draws per budget (one for all)")
+    if a.seeds < 1 or a.k < 1 or a.head_steps < 1 or a.random_inits < 1:
+        raise ConfigError("--seeds, --k, --head_steps and --random_inits must be at least 1")
+    models, datamodule, weights = probe_models(["-c", a.config, *rest], a.random_inits)
+    result = {"weights": weights, "random_inits": a.random_inits,
+              **run_probe(models, datamodule, budgets, a.seeds, a.seed, a.k, a.head_steps)}
+    print(f"maekit probe: {weights} vs random init ({a.random_inits} initialisation(s), pooled); "
+          f"{result['n_train']} training samples, {result['n_test']} {result['test_split']} samples; "
+          f"{a.seeds} draws per budget (one for all)")
     for note in result["notes"]:
         print(f"  note: {note}")
     print(format_table(result))

@@ -80,3 +80,33 @@ def test_hierarchical_decoder_reads_several_encoder_depths() -> None:
     assert mae.decoder.cross[0].kv.weight.grad.abs().sum() > 0  # the cross-attention is used
     with pytest.raises(ValueError, match="decoder_reads"):
         MaskedAutoencoder(VolumeAdapter(modalities=["ct"], patch_size=4), size="nano", decoder_reads=[5])
+
+
+def _reference_tokens(full: torch.Tensor, groups: list[list[int]], p: int, width: int) -> torch.Tensor:
+    """Token values cut patch by patch: group-major, patches row-major, (channel, x, y, z) inside."""
+    b, _, *spatial = full.shape
+    out = []
+    for channels in groups:
+        for i in range(spatial[0] // p):
+            for j in range(spatial[1] // p):
+                for k in range(spatial[2] // p):
+                    cube = full[:, channels, i * p:(i + 1) * p, j * p:(j + 1) * p, k * p:(k + 1) * p].reshape(b, -1)
+                    out.append(torch.nn.functional.pad(cube, (0, width - cube.shape[1])))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_patchify_in_one_copy_gives_the_patch_by_patch_tokens(seed: int) -> None:
+    """Stacked single-modality groups take the one-reshape path, a subset of input modalities
+    (group 0 or a middle one missing) the per-group path; both cut the same tokens."""
+    g = torch.Generator().manual_seed(seed)
+    names = ["t1", "t1ce", "t2", "flair"]
+    inputs = [names, names[1:], ["t1", "t2", "flair"], ["flair", "t1"]][seed]
+    adapter = VolumeAdapter(modalities=names, patch_size=4, input_modalities=inputs, norm_pix_loss=False)
+    shape = [int(v) for v in torch.randint(1, 4, (3,), generator=g) * 4]
+    image = torch.randn(2, len(inputs), *shape, generator=g)
+    tokens = adapter.tokenize({"image": image})
+    full = adapter.scatter_input(image)
+    expected = _reference_tokens(full, [[c] for c in adapter.present_groups], 4, adapter.token_size)
+    assert torch.equal(tokens.values, expected)
+    assert (adapter._stacked_groups() is not None) == (seed in (0, 1))

@@ -167,18 +167,7 @@ class PatchGridAdapter(DomainAdapter):
             raise ConfigError(f"a {'x'.join(map(str, grid))} patch grid does not fit the learned position table "
                               f"of {self.max_grid} per axis; raise max_grid or use position: sincos")
         num = math.prod(grid)
-        # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...)
-        split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
-        order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]
-        patches = full.reshape(split).permute(order)
-        values = []
-        for g in self.present_groups:
-            where = self._group_slice[g]
-            v = patches.narrow(1 + dims, *where) if where else patches[(slice(None),) * (1 + dims) + (self.group_index[g],)]
-            v = v.reshape(batch_size, num, -1)
-            if v.shape[-1] < self.token_size:
-                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
-            values.append(v)
+        values = self._patchify(full, grid)
         groups_here = len(self.present_groups)
         device = full.device
         axes = torch.meshgrid(*[torch.arange(n, device=device) for n in grid], indexing="ij")
@@ -194,13 +183,50 @@ class PatchGridAdapter(DomainAdapter):
         if has_group is not None:
             present = present & has_group.repeat_interleave(num, dim=1)
         return Tokens(
-            values=values[0] if len(values) == 1 else torch.cat(values, 1),
+            values=values,
             coords=coords.expand(batch_size, -1, -1),
             group=group.expand(batch_size, -1),
             present=present,
             grid=grid,
             may_be_absent=valid is not None or has_group is not None,
         )
+
+    def _patchify(self, full: Tensor, grid: tuple[int, ...]) -> Tensor:
+        """(B, C_model, *spatial) -> (B, G_present * num_patches, token_size) token values, group-major."""
+        batch_size, p, dims, num = full.shape[0], self.patch_size, self.spatial_dims, math.prod(grid)
+        stacked = self._stacked_groups()
+        if stacked is not None:  # one copy straight into token order: (B, G, n1, n2, ..., c, p, p, ...)
+            first, count, width = stacked
+            split = [batch_size, count, width] + [v for n in grid for v in (n, p)]
+            order = [0, 1] + [3 + 2 * i for i in range(dims)] + [2] + [4 + 2 * i for i in range(dims)]
+            return full.narrow(1, first, count * width).reshape(split).permute(order).reshape(batch_size, count * num, -1)
+        # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...), then each group's channels
+        split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
+        order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]
+        patches = full.reshape(split).permute(order)
+        parts = []
+        for g in self.present_groups:
+            where = self._group_slice[g]
+            v = patches.narrow(1 + dims, *where) if where else patches[(slice(None),) * (1 + dims) + (self.group_index[g],)]
+            v = v.reshape(batch_size, num, -1)
+            if v.shape[-1] < self.token_size:
+                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
+            parts.append(v)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _stacked_groups(self) -> tuple[int, int, int] | None:
+        """(first channel, groups, channels per group) when the present groups are equal, unpadded
+        runs of consecutive channels, one after another: their tokens are then one reshape of the
+        channels, with no per-group copies and no concatenation."""
+        if not self._uniform_width:
+            return None
+        runs = [self._group_slice[g] for g in self.present_groups]
+        if any(r is None for r in runs) or len({r[1] for r in runs}) != 1:  # type: ignore[index]
+            return None
+        first, width = runs[0]  # type: ignore[misc]
+        if any(r[0] != first + i * width for i, r in enumerate(runs)):  # type: ignore[index]
+            return None
+        return first, len(runs), width
 
     def untokenize(self, values: Tensor, tokens: Tokens) -> Tensor:
         """(B, N, P) -> (B, C_model, *spatial); channels of groups without tokens are 0."""
@@ -263,7 +289,9 @@ class PatchGridAdapter(DomainAdapter):
         return t if m is None else t * m
 
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
-        error = (pred - target).abs() if self.pixel_loss == "l1" else (pred - target) ** 2
+        # the fused losses keep no (pred - target) copy for backward
+        loss = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
+        error = loss(pred, target, reduction="none")
         m = self._width_mask(tokens)
         if m is None:
             return error.mean(-1)

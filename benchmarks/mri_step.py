@@ -159,7 +159,8 @@ def main() -> None:
              "x MONAI memory |", "|---|---|---|---|---|---|---|"]
     result: dict[str, object] = {}
     for name in names:
-        count, kept = (tokens, round(tokens * 0.25)) if name == "monai" else (4 * tokens, round(4 * tokens * (1 - a.mask_ratio)))
+        count = tokens if name == "monai" else 4 * tokens
+        kept = round(count * (0.25 if name == "monai" else 1 - a.mask_ratio))
         result[name] = {"ms": ms[name], "peak_mib": memory[name], "tokens": count, "visible": kept}
         lines.append(f"| {name} | {count} | {kept} | {ms[name]:.0f} | {ms[name] / ms['monai']:.2f} | "
                      f"{memory[name]:.0f} | {memory[name] / memory['monai']:.2f} |")

@@ -87,8 +87,8 @@ def test_checkpoint_blocks_round_trips_through_checkpoint_export_and_from_pretra
     path = tmp_path / "pre.ckpt"
     trainer.save_checkpoint(path)
     assert torch.load(path, weights_only=False)["maekit"]["checkpoint_blocks"] is True
-    reloaded = MAEPretrainModule.load_from_checkpoint(path, adapter=VolumeAdapter(modalities=["t1", "t2"], patch_size=4),
-                                                      weights_only=False)
+    adapter = VolumeAdapter(modalities=["t1", "t2"], patch_size=4)
+    reloaded = MAEPretrainModule.load_from_checkpoint(path, adapter=adapter, weights_only=False)
     assert reloaded.mae.encoder.checkpoint_blocks and reloaded.mae.decoder.checkpoint_blocks
     out = export(path, tmp_path / "exported")
     assert json.loads((out / "config.json").read_text())["checkpoint_blocks"] is True

@@ -199,7 +199,8 @@ class PatchGridAdapter(DomainAdapter):
             first, count, width = stacked
             split = [batch_size, count, width] + [v for n in grid for v in (n, p)]
             order = [0, 1] + [3 + 2 * i for i in range(dims)] + [2] + [4 + 2 * i for i in range(dims)]
-            return full.narrow(1, first, count * width).reshape(split).permute(order).reshape(batch_size, count * num, -1)
+            stacked_patches = full.narrow(1, first, count * width).reshape(split).permute(order)
+            return stacked_patches.reshape(batch_size, count * num, -1)
         # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...), then each group's channels
         split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
         order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]

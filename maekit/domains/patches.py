@@ -255,7 +255,8 @@ class PatchGridAdapter(DomainAdapter):
     # ---------------------------------------------------------------------- embedding
     def embed(self, tokens: Tokens) -> Tensor:
         num = math.prod(tokens.grid)
-        parts = [self.patch_embed[g](tokens.values[:, slot * num:(slot + 1) * num, : self.group_width[g]])
+        values = tokens.values
+        parts = [_embed_slice(self.patch_embed[g], values[:, slot * num:(slot + 1) * num, : self.group_width[g]])
                  for slot, g in enumerate(self.present_groups)]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         pos = self.pos_table(tokens.coords) if self.position == "learned" else self.encode_position(tokens.coords, x.shape[-1])
@@ -290,12 +291,12 @@ class PatchGridAdapter(DomainAdapter):
         return t if m is None else t * m
 
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
+        m = self._width_mask(tokens)
+        if m is None:  # no (B, N, P) error tensor in forward, one gradient buffer in backward
+            return _TokenError.apply(pred, target, self.pixel_loss == "l1")
         # the fused losses keep no (pred - target) copy for backward
         loss = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
         error = loss(pred, target, reduction="none")
-        m = self._width_mask(tokens)
-        if m is None:
-            return error.mean(-1)
         return (error * m).sum(-1) / m.sum(-1)
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
@@ -305,3 +306,50 @@ class PatchGridAdapter(DomainAdapter):
         else:
             m = self._width_mask(tokens)
         return pred if m is None else pred * m
+
+
+def _embed_slice(layer: nn.Linear, x: Tensor) -> Tensor:
+    """`layer(x)` for one group's slice (B, num, P) of the token values. A slice of a batch of
+    several samples is no (B * num, P) view, and `nn.Linear` would copy it (and keep the copy
+    for backward: as large as the input volume over all groups); a batched matmul reads it
+    where it lies."""
+    if x.dim() != 3 or x.shape[0] == 1 or layer.bias is None or x.stride(0) == x.shape[1] * x.stride(1):
+        return layer(x)
+    return torch.baddbmm(layer.bias, x, layer.weight.t().expand(x.shape[0], -1, -1))
+
+
+class _TokenError(torch.autograd.Function):
+    """Per-token mean squared (or absolute) error of `pred` against `target` (..., P) -> (...),
+    without holding a (..., P) error tensor: forward takes tokens a block at a time, backward
+    writes the gradient into one fresh buffer. Full-resolution MRI tokens (16^3 values each)
+    make those tensors as large as the input volume."""
+
+    BLOCK = 1 << 20  # values per forward block (4 MiB of fp32)
+
+    @staticmethod
+    def forward(ctx: Any, pred: Tensor, target: Tensor, l1: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pred, target)
+        ctx.l1 = l1
+        size = pred.shape[-1]
+        flat_pred, flat_target = pred.reshape(-1, size), target.reshape(-1, size)
+        out = pred.new_empty(flat_pred.shape[0])
+        step = max(1, _TokenError.BLOCK // max(size, 1))
+        for first in range(0, flat_pred.shape[0], step):
+            rows = slice(first, first + step)
+            error = flat_pred[rows] - flat_target[rows]
+            error = error.abs_() if l1 else error.square_()
+            torch.mean(error, -1, out=out[rows])
+        return out.view(pred.shape[:-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        pred, target = ctx.saved_tensors
+        error = torch.sub(pred, target)
+        scale = grad[..., None] / pred.shape[-1]
+        if ctx.l1:
+            error.sign_().mul_(scale)
+        else:
+            error.mul_(scale * 2)
+        return (error if ctx.needs_input_grad[0] else None,
+                -error if ctx.needs_input_grad[1] else None, None)

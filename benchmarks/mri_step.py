@@ -2,8 +2,11 @@
 budget split, missing modalities absent) vs MONAI's `MaskedAutoEncoderViT` fed the 4 modalities
 as channels (one token per patch). Speed interleaved in one process; peak memory per model
 (CUDA: `max_memory_allocated`; CPU: peak resident memory of a fresh subprocess per model).
+maekit runs without and with `checkpoint_blocks` (activation checkpointing of its blocks);
+issue 15's targets (memory <= 0.6x MONAI's at time <= 1.3x) are read off the checkpointed run.
 
     python benchmarks/mri_step.py                    # CPU, small width
+    python benchmarks/mri_step.py --checkpoint-blocks off --mask-ratio 0.9375   # MONAI's visible count
     python benchmarks/mri_step.py --device cuda --size base --batch 4 --precision bf16
 """
 
@@ -26,6 +29,10 @@ from maekit.optim import build_adamw, param_groups
 from maekit.pretrain import GroupDirichletMasking, MaskedAutoencoder
 
 
+#: the maekit run with activation checkpointing of its blocks
+CHECKPOINTED = "maekit checkpoint_blocks"
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -34,9 +41,10 @@ def sync(device: str) -> None:
 def build(name: str, a: argparse.Namespace) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     autocast = dict(device_type=a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16")
     spec = SIZES[a.size]
-    if name == "maekit":
+    if name.startswith("maekit"):
         model = MaskedAutoencoder(VolumeAdapter(patch_size=a.patch, norm_pix_loss=False), a.size, a.decoder_width,
-                                  a.decoder_depth, a.decoder_heads, GroupDirichletMasking(0.75, 4)).to(a.device)
+                                  a.decoder_depth, a.decoder_heads, GroupDirichletMasking(a.mask_ratio, 4),
+                                  checkpoint_blocks=name == CHECKPOINTED).to(a.device)
         opt = build_adamw(param_groups(model, 0.05, model.no_weight_decay()), 1e-4, (0.9, 0.95))
 
         def step(volume: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -111,6 +119,11 @@ def main() -> None:
     p.add_argument("--decoder-depth", type=int, default=2)
     p.add_argument("--decoder-heads", type=int, default=4)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--checkpoint-blocks", default="both", choices=["off", "on", "both"],
+                   help="maekit without / with activation checkpointing of its blocks, or both (default)")
+    p.add_argument("--mask-ratio", type=float, default=0.75,
+                   help="maekit's masking ratio (its visible budget is split over the 4 modalities; MONAI keeps "
+                        "0.75 of one token per patch, so 0.9375 gives maekit MONAI's visible token count)")
     p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.memory_of:  # child process: build, run two steps, print peak RSS growth in MiB
@@ -121,10 +134,12 @@ def main() -> None:
             step(volume, present)
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
         return
+    ours = {"off": ["maekit"], "on": [CHECKPOINTED], "both": ["maekit", CHECKPOINTED]}[a.checkpoint_blocks]
+    names = ours + ["monai"]
     # memory first: a child's peak-RSS counter starts at its parent's, so the parent stays small
-    memory = {name: peak_memory_mb(name, a) for name in ("maekit", "monai")}
+    memory = {name: peak_memory_mb(name, a) for name in names}
     volume, present = inputs(a)
-    steps = {name: build(name, a) for name in ("maekit", "monai")}
+    steps = {name: build(name, a) for name in names}
     for fn in steps.values():
         fn(volume, present)
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -136,15 +151,32 @@ def main() -> None:
             sync(a.device)
             times[name].append(time.perf_counter() - t)
     tokens = (a.image // a.patch) ** 3
-    print(f"device={a.device} size={a.size} precision={a.precision} batch={a.batch} volume=4x{a.image}^3 "
-          f"patch={a.patch} decoder={a.decoder_width}x{a.decoder_depth}")
-    print("| model | tokens per case | median ms/step | peak memory MiB |")
-    print("|---|---|---|---|")
-    result = {}
-    for name, count in (("maekit", 4 * tokens), ("monai", tokens)):
-        med = statistics.median(times[name]) * 1e3
-        result[name] = {"ms": med, "peak_mib": memory[name], "tokens": count}
-        print(f"| {name} | {count} | {med:.0f} | {memory[name]:.0f} |")
+    ms = {name: statistics.median(times[name]) * 1e3 for name in names}
+    lines = [f"device={a.device} size={a.size} precision={a.precision} batch={a.batch} volume=4x{a.image}^3 "
+             f"patch={a.patch} decoder={a.decoder_width}x{a.decoder_depth} maekit mask ratio={a.mask_ratio} "
+             f"threads={torch.get_num_threads()}", "",
+             "| model | tokens per case | visible per case | median ms/step | x MONAI time | peak memory MiB | "
+             "x MONAI memory |", "|---|---|---|---|---|---|---|"]
+    result: dict[str, object] = {}
+    for name in names:
+        count = tokens if name == "monai" else 4 * tokens
+        kept = round(count * (0.25 if name == "monai" else 1 - a.mask_ratio))
+        result[name] = {"ms": ms[name], "peak_mib": memory[name], "tokens": count, "visible": kept}
+        lines.append(f"| {name} | {count} | {kept} | {ms[name]:.0f} | {ms[name] / ms['monai']:.2f} | "
+                     f"{memory[name]:.0f} | {memory[name] / memory['monai']:.2f} |")
+    judged = ours[-1]
+    memory_ratio, time_ratio = memory[judged] / memory["monai"], ms[judged] / ms["monai"]
+    lines += ["", f"targets judged on `{judged}`: memory {memory_ratio:.2f}x MONAI's (goal <= 0.6x), "
+                  f"time {time_ratio:.2f}x (goal <= 1.3x)"]
+    markdown = "\n".join(lines)
+    print(markdown)
+    result["targets"] = [
+        {"target": "MRI step memory vs MONAI", "value": round(memory_ratio, 3), "goal": "<= 0.6x",
+         "met": bool(memory_ratio <= 0.6)},
+        {"target": "MRI step time vs MONAI", "value": round(time_ratio, 3), "goal": "<= 1.3x",
+         "met": bool(time_ratio <= 1.3)},
+    ]
+    result["markdown"] = markdown
     print(json.dumps(result))
 
 

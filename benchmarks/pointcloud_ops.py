@@ -103,8 +103,13 @@ def main() -> None:
         for name, fn in cases.items():
             times[name].append(timed(fn, a.device))
     ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    for name, value in ms.items():
-        print(f"{name:36s} {value:9.2f} ms")
+    lines = [f"device={a.device} threads={torch.get_num_threads()} batch={a.batch} points={a.points} "
+             f"groups={a.groups} neighbours={a.neighbours}", "", "| case | median ms |", "|---|---|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in ms.items()]
+    fps_ratio = ms["fps maekit (batched)"] / ms["fps open3d (per cloud)"]
+    lines += ["", f"FPS maekit / open3d time: {fps_ratio:.2f}x (goal <= 1.0x); same picks as open3d: {same}"]
+    markdown = "\n".join(lines)
+    print(markdown)
     result = {
         "device": a.device, "threads": torch.get_num_threads(), "batch": a.batch, "points": a.points, "groups": a.groups, "neighbours": a.neighbours,
         "fps_same_as_open3d": bool(same), "ms": {k: round(v, 2) for k, v in ms.items()},
@@ -114,6 +119,9 @@ def main() -> None:
         "draw_same_as_torch": bool(same_draw),
         "draw_speedup_vs_torch": round(ms["data draw torch (one cloud)"] / ms["data draw numpy (one cloud)"], 2),
         "draw_speedup_vs_open3d": round(ms["data draw open3d (one cloud)"] / ms["data draw numpy (one cloud)"], 2),
+        "targets": [{"target": "FPS vs open3d", "value": round(fps_ratio, 3), "goal": "<= 1.0x",
+                     "met": bool(fps_ratio <= 1.0 and same)}],
+        "markdown": markdown,
     }
     print(json.dumps(result))
 

@@ -109,6 +109,54 @@ def test_numpy_fps_order_makes_the_same_picks_as_the_batched_fps() -> None:
         farthest_point_order(points[0].numpy(), 701)
 
 
+def _reference_fps(points: torch.Tensor, count: int) -> torch.Tensor:
+    """The plain loop FPS used to be: fresh tensors each step, (dx² + dy²) + dz², argmax."""
+    batch = points.shape[0]
+    chosen, current = [], torch.zeros(batch, dtype=torch.long)
+    nearest = torch.full(points.shape[:2], float("inf"))
+    for _ in range(count):
+        chosen.append(current)
+        d = points - points[torch.arange(batch), current][:, None]
+        nearest = torch.minimum(nearest, d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2])
+        current = nearest.argmax(-1)
+    return torch.stack(chosen, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fps_makes_the_reference_picks_and_open3d_s(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    batch, num = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(2, 700, (1,), generator=g))
+    count = int(torch.randint(1, min(num, 80) + 1, (1,), generator=g))
+    points = torch.randn(batch, num, 3, generator=g) * float(torch.rand(1, generator=g) * 10 + 0.1)
+    if seed % 2:  # a coarse lattice: many equally far points, decided by index
+        points = (points * 2).round() / 2
+    picks = farthest_point_sample(points.requires_grad_(), count)
+    assert torch.equal(picks, _reference_fps(points.detach(), count))
+    if seed % 2 == 0:  # open3d (C++, double) starts at point 0 too and returns its picks in index order
+        o3d = open3d_module()
+        theirs = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[0].detach().double().numpy()))
+        kept = np.asarray(theirs.farthest_point_down_sample(count).points)
+        assert np.allclose(kept, points[0, picks[0].sort().values].detach().double().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blockwise_knn_equals_the_whole_matrix_and_breaks_ties_by_index(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    batch, num, queries = (int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 300, (1,), generator=g)),
+                           int(torch.randint(1, 40, (1,), generator=g)))
+    k, block = int(torch.randint(1, num + 1, (1,), generator=g)), int(torch.randint(1, num + 1, (1,), generator=g))
+    points, query = torch.randn(batch, num, 3, generator=g), torch.randn(batch, queries, 3, generator=g)
+    if seed % 2:  # half-integer lattice: exact distances, many ties
+        points, query = (points * 2).round() / 2, (query * 2).round() / 2
+    whole = knn(query, points, k, block=num)
+    assert torch.equal(knn(query, points, k, block=block), whole)
+    assert torch.equal(knn(query, points, k), whole)
+    distance = ((query[:, :, None] - points[:, None]) ** 2).sum(-1)
+    assert torch.equal(whole, torch.sort(distance, dim=-1, stable=True).indices[..., :k])  # nearest, then index
+    with pytest.raises(ValueError, match="block"):
+        knn(query, points, k, block=0)
+
+
 def test_knn_matches_brute_force() -> None:
     torch.manual_seed(1)
     points, queries = torch.randn(2, 200, 3), torch.randn(2, 7, 3)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from maekit.domains import VolumeAdapter
+from maekit.domains.patches import _embed_slice, _TokenError
 from maekit.pretrain import GroupDirichletMasking, MaskedAutoencoder
 
 
@@ -80,3 +81,68 @@ def test_hierarchical_decoder_reads_several_encoder_depths() -> None:
     assert mae.decoder.cross[0].kv.weight.grad.abs().sum() > 0  # the cross-attention is used
     with pytest.raises(ValueError, match="decoder_reads"):
         MaskedAutoencoder(VolumeAdapter(modalities=["ct"], patch_size=4), size="nano", decoder_reads=[5])
+
+
+def _reference_tokens(full: torch.Tensor, groups: list[list[int]], p: int, width: int) -> torch.Tensor:
+    """Token values cut patch by patch: group-major, patches row-major, (channel, x, y, z) inside."""
+    b, _, *spatial = full.shape
+    out = []
+    for channels in groups:
+        for i in range(spatial[0] // p):
+            for j in range(spatial[1] // p):
+                for k in range(spatial[2] // p):
+                    cube = full[:, channels, i * p:(i + 1) * p, j * p:(j + 1) * p, k * p:(k + 1) * p].reshape(b, -1)
+                    out.append(torch.nn.functional.pad(cube, (0, width - cube.shape[1])))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_patchify_in_one_copy_gives_the_patch_by_patch_tokens(seed: int) -> None:
+    """Stacked single-modality groups take the one-reshape path, a subset of input modalities
+    (group 0 or a middle one missing) the per-group path; both cut the same tokens."""
+    g = torch.Generator().manual_seed(seed)
+    names = ["t1", "t1ce", "t2", "flair"]
+    inputs = [names, names[1:], ["t1", "t2", "flair"], ["flair", "t1"]][seed]
+    adapter = VolumeAdapter(modalities=names, patch_size=4, input_modalities=inputs, norm_pix_loss=False)
+    shape = [int(v) for v in torch.randint(1, 4, (3,), generator=g) * 4]
+    image = torch.randn(2, len(inputs), *shape, generator=g)
+    tokens = adapter.tokenize({"image": image})
+    full = adapter.scatter_input(image)
+    expected = _reference_tokens(full, [[c] for c in adapter.present_groups], 4, adapter.token_size)
+    assert torch.equal(tokens.values, expected)
+    assert (adapter._stacked_groups() is not None) == (seed in (0, 1))
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_token_loss_equals_the_plain_formula_with_gradients(loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(7)
+    adapter = VolumeAdapter(modalities=["t1", "t2"], patch_size=4, loss=loss)
+    tokens = adapter.tokenize({"image": torch.randn(2, 2, 8, 4, 12)})
+    monkeypatch.setattr(_TokenError, "BLOCK", 200)  # several blocks of tokens (64 values each)
+    pred = torch.randn(*tokens.values.shape, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(*tokens.values.shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(tokens.values.shape[:2], dtype=torch.float64)
+    got = adapter.loss(pred, target, tokens)
+    grads = torch.autograd.grad((got * weights).sum(), (pred, target))
+    error = (pred - target).abs() if loss == "l1" else (pred - target) ** 2
+    expected = error.mean(-1)
+    assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    for a, b in zip(grads, torch.autograd.grad((expected * weights).sum(), (pred, target))):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    small = target.detach()[:1, :3, :5]
+    assert torch.autograd.gradcheck(lambda p: adapter.loss(p, small, tokens), (pred.detach()[:1, :3, :5].requires_grad_(),))
+
+
+def test_group_embedding_reads_token_slices_in_place_with_the_linear_s_values_and_gradients() -> None:
+    torch.manual_seed(4)
+    layer = torch.nn.Linear(64, 24)
+    with torch.no_grad():
+        layer.bias.copy_(torch.randn(24))
+    values = torch.randn(3, 40, 64, requires_grad=True)
+    part = values[:, 10:25]  # one group's tokens of every sample: no (B * num, P) view
+    got, expected = _embed_slice(layer, part), layer(part)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), (layer.weight, layer.bias, values)),
+                    torch.autograd.grad((expected * weights).sum(), (layer.weight, layer.bias, values))):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

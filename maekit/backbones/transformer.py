@@ -11,6 +11,7 @@ import functools
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class TransformerStack(nn.Module):
         qkv_bias: bool = True,
         class_token: bool = False,
         norm_eps: float = 1e-6,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         self.width, self.depth, self.heads = width, depth, heads
+        self.checkpoint_blocks = checkpoint_blocks
         self.mlp_ratio, self.drop_path, self.qkv_bias, self.norm_eps = mlp_ratio, drop_path, qkv_bias, norm_eps
         norm = functools.partial(nn.LayerNorm, eps=norm_eps)
         self.num_prefix = int(class_token)
@@ -124,14 +127,24 @@ class TransformerStack(nn.Module):
             # so attention never sees an all-masked row and never returns NaN
             mask = (valid | ~valid.any(1, keepdim=True))[:, None, None, :]
         taken: list[Tensor] = []
+        recompute = _recomputes(self)
         for i, block in enumerate(self.blocks, start=1):
-            x = block(x if pos is None else x + pos, attn_mask=mask)
+            inputs = x if pos is None else x + pos
+            if recompute:
+                x = checkpoint(block, inputs, attn_mask=mask, use_reentrant=False)
+            else:
+                x = block(inputs, attn_mask=mask)
             if i in collect:
                 taken.append(x[:, p:])
         x = self.norm(x)
         if not return_prefix:
             x = x[:, p:]
         return (x, taken) if collect else x
+
+
+def _recomputes(module: nn.Module) -> bool:
+    """Whether `module`'s blocks run checkpointed now: asked for, training, and building a graph."""
+    return bool(getattr(module, "checkpoint_blocks", False)) and module.training and torch.is_grad_enabled()
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -175,12 +188,15 @@ class CrossAttention(nn.Module):
 class HierarchicalDecoder(nn.Module):
     """A decoder whose layers also read encoder features of several depths (Hi-End-MAE's
     encoder-driven hierarchical decoding): layer j cross-attends to level `j % levels`, deepest
-    level first, then runs a self-attention block.
+    level first, then runs a self-attention block. `checkpoint_blocks` as in `TransformerStack`
+    (each cross-attention + block pair is one checkpointed unit).
     """
 
-    def __init__(self, width: int, depth: int, heads: int, memory_width: int, levels: int) -> None:
+    def __init__(self, width: int, depth: int, heads: int, memory_width: int, levels: int,
+                 checkpoint_blocks: bool = False) -> None:
         super().__init__()
         self.levels = levels
+        self.checkpoint_blocks = checkpoint_blocks
         self.cross = nn.ModuleList(CrossAttention(width, heads, memory_width) for _ in range(depth))
         self.blocks = nn.ModuleList(Block(width, heads, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -188,7 +204,17 @@ class HierarchicalDecoder(nn.Module):
 
     def forward(self, x: Tensor, memories: Sequence[Tensor], memory_valid: Tensor | None = None) -> Tensor:
         """`memories`: encoder features (B, K, D_enc) from shallow to deep."""
+        recompute = _recomputes(self)
         for j, (cross, block) in enumerate(zip(self.cross, self.blocks)):
-            x = cross(x, memories[len(memories) - 1 - (j % len(memories))], memory_valid)
-            x = block(x)
+            memory = memories[len(memories) - 1 - (j % len(memories))]
+            if recompute:
+                x = checkpoint(_cross_then_block, cross, block, x, memory, memory_valid, use_reentrant=False)
+            else:
+                x = _cross_then_block(cross, block, x, memory, memory_valid)
         return self.norm(x)
+
+
+def _cross_then_block(cross: CrossAttention, block: nn.Module, x: Tensor, memory: Tensor,
+                      memory_valid: Tensor | None) -> Tensor:
+    """One hierarchical decoder layer: cross-attention to `memory`, then self-attention."""
+    return block(cross(x, memory, memory_valid))

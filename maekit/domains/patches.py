@@ -175,18 +175,7 @@ class PatchGridAdapter(DomainAdapter):
             raise ConfigError(f"a {'x'.join(map(str, grid))} patch grid does not fit the learned position table "
                               f"of {self.max_grid} per axis; raise max_grid or use position: sincos")
         num = math.prod(grid)
-        # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...)
-        split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
-        order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]
-        patches = full.reshape(split).permute(order)
-        values = []
-        for g in self.present_groups:
-            where = self._group_slice[g]
-            v = patches.narrow(1 + dims, *where) if where else patches[(slice(None),) * (1 + dims) + (self.group_index[g],)]
-            v = v.reshape(batch_size, num, -1)
-            if v.shape[-1] < self.token_size:
-                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
-            values.append(v)
+        values = self._patchify(full, grid)
         groups_here = len(self.present_groups)
         device = full.device
         axes = torch.meshgrid(*[torch.arange(n, device=device) for n in grid], indexing="ij")
@@ -202,13 +191,51 @@ class PatchGridAdapter(DomainAdapter):
         if has_group is not None:
             present = present & has_group.repeat_interleave(num, dim=1)
         return Tokens(
-            values=values[0] if len(values) == 1 else torch.cat(values, 1),
+            values=values,
             coords=coords.expand(batch_size, -1, -1),
             group=group.expand(batch_size, -1),
             present=present,
             grid=grid,
             may_be_absent=valid is not None or has_group is not None,
         )
+
+    def _patchify(self, full: Tensor, grid: tuple[int, ...]) -> Tensor:
+        """(B, C_model, *spatial) -> (B, G_present * num_patches, token_size) token values, group-major."""
+        batch_size, p, dims, num = full.shape[0], self.patch_size, self.spatial_dims, math.prod(grid)
+        stacked = self._stacked_groups()
+        if stacked is not None:  # one copy straight into token order: (B, G, n1, n2, ..., c, p, p, ...)
+            first, count, width = stacked
+            split = [batch_size, count, width] + [v for n in grid for v in (n, p)]
+            order = [0, 1] + [3 + 2 * i for i in range(dims)] + [2] + [4 + 2 * i for i in range(dims)]
+            stacked_patches = full.narrow(1, first, count * width).reshape(split).permute(order)
+            return stacked_patches.reshape(batch_size, count * num, -1)
+        # (B, C, n1, p, n2, p, ...) -> (B, n1, n2, ..., C, p, p, ...), then each group's channels
+        split = [batch_size, len(self.channels)] + [v for n in grid for v in (n, p)]
+        order = [0] + [2 + 2 * i for i in range(dims)] + [1] + [3 + 2 * i for i in range(dims)]
+        patches = full.reshape(split).permute(order)
+        parts = []
+        for g in self.present_groups:
+            where = self._group_slice[g]
+            v = patches.narrow(1 + dims, *where) if where else patches[(slice(None),) * (1 + dims) + (self.group_index[g],)]
+            v = v.reshape(batch_size, num, -1)
+            if v.shape[-1] < self.token_size:
+                v = nn.functional.pad(v, (0, self.token_size - v.shape[-1]))
+            parts.append(v)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _stacked_groups(self) -> tuple[int, int, int] | None:
+        """(first channel, groups, channels per group) when the present groups are equal, unpadded
+        runs of consecutive channels, one after another: their tokens are then one reshape of the
+        channels, with no per-group copies and no concatenation."""
+        if not self._uniform_width:
+            return None
+        runs = [self._group_slice[g] for g in self.present_groups]
+        if any(r is None for r in runs) or len({r[1] for r in runs}) != 1:  # type: ignore[index]
+            return None
+        first, width = runs[0]  # type: ignore[misc]
+        if any(r[0] != first + i * width for i, r in enumerate(runs)):  # type: ignore[index]
+            return None
+        return first, len(runs), width
 
     def untokenize(self, values: Tensor, tokens: Tokens) -> Tensor:
         """(B, N, P) -> (B, C_model, *spatial); channels of groups without tokens are 0."""
@@ -236,7 +263,8 @@ class PatchGridAdapter(DomainAdapter):
     # ---------------------------------------------------------------------- embedding
     def embed(self, tokens: Tokens) -> Tensor:
         num = math.prod(tokens.grid)
-        parts = [self.patch_embed[g](tokens.values[:, slot * num:(slot + 1) * num, : self.group_width[g]])
+        values = tokens.values
+        parts = [_embed_slice(self.patch_embed[g], values[:, slot * num:(slot + 1) * num, : self.group_width[g]])
                  for slot, g in enumerate(self.present_groups)]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         pos = self.pos_table(tokens.coords) if self.position == "learned" else self.encode_position(tokens.coords, x.shape[-1])
@@ -284,12 +312,12 @@ class PatchGridAdapter(DomainAdapter):
         return t if m is None else t * m
 
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
-        # one fused kernel each way (forward and backward), the same values as (pred - target) ** 2
-        loss_fn = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
-        error = loss_fn(pred, target, reduction="none")
         m = self._width_mask(tokens)
-        if m is None:
-            return error.mean(-1)
+        if m is None:  # no (B, N, P) error tensor in forward, one gradient buffer in backward
+            return _TokenError.apply(pred, target, self.pixel_loss == "l1")
+        # the fused losses keep no (pred - target) copy for backward
+        loss = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
+        error = loss(pred, target, reduction="none")
         return (error * m).sum(-1) / m.sum(-1)
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
@@ -299,3 +327,50 @@ class PatchGridAdapter(DomainAdapter):
         else:
             m = self._width_mask(tokens)
         return pred if m is None else pred * m
+
+
+def _embed_slice(layer: nn.Linear, x: Tensor) -> Tensor:
+    """`layer(x)` for one group's slice (B, num, P) of the token values. A slice of a batch of
+    several samples is no (B * num, P) view, and `nn.Linear` would copy it (and keep the copy
+    for backward: as large as the input volume over all groups); a batched matmul reads it
+    where it lies."""
+    if x.dim() != 3 or x.shape[0] == 1 or layer.bias is None or x.stride(0) == x.shape[1] * x.stride(1):
+        return layer(x)
+    return torch.baddbmm(layer.bias, x, layer.weight.t().expand(x.shape[0], -1, -1))
+
+
+class _TokenError(torch.autograd.Function):
+    """Per-token mean squared (or absolute) error of `pred` against `target` (..., P) -> (...),
+    without holding a (..., P) error tensor: forward takes tokens a block at a time, backward
+    writes the gradient into one fresh buffer. Full-resolution MRI tokens (16^3 values each)
+    make those tensors as large as the input volume."""
+
+    BLOCK = 1 << 20  # values per forward block (4 MiB of fp32)
+
+    @staticmethod
+    def forward(ctx: Any, pred: Tensor, target: Tensor, l1: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pred, target)
+        ctx.l1 = l1
+        size = pred.shape[-1]
+        flat_pred, flat_target = pred.reshape(-1, size), target.reshape(-1, size)
+        out = pred.new_empty(flat_pred.shape[0])
+        step = max(1, _TokenError.BLOCK // max(size, 1))
+        for first in range(0, flat_pred.shape[0], step):
+            rows = slice(first, first + step)
+            error = flat_pred[rows] - flat_target[rows]
+            error = error.abs_() if l1 else error.square_()
+            torch.mean(error, -1, out=out[rows])
+        return out.view(pred.shape[:-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        pred, target = ctx.saved_tensors
+        error = torch.sub(pred, target)
+        scale = grad[..., None] / pred.shape[-1]
+        if ctx.l1:
+            error.sign_().mul_(scale)
+        else:
+            error.mul_(scale * 2)
+        return (error if ctx.needs_input_grad[0] else None,
+                -error if ctx.needs_input_grad[1] else None, None)

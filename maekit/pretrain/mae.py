@@ -42,6 +42,8 @@ class MaskedAutoencoder(nn.Module):
         drop_path: stochastic depth of the encoder.
         decoder_reads: encoder blocks (1-based) whose outputs every decoder layer also attends
             to, Hi-End-MAE style (e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
+        checkpoint_blocks: activation checkpointing of the encoder and decoder blocks (less
+            memory in training for about one more forward pass of the blocks).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class MaskedAutoencoder(nn.Module):
         masking: MaskGenerator | None = None,
         drop_path: float = 0.0,
         decoder_reads: list[int] | None = None,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         spec = SIZES[size]
@@ -62,7 +65,8 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_spec = dec
         self.adapter = adapter
         adapter.build(spec.width)
-        self.encoder = TransformerStack(spec.width, spec.depth, spec.heads, drop_path=drop_path)
+        self.encoder = TransformerStack(spec.width, spec.depth, spec.heads, drop_path=drop_path,
+                                        checkpoint_blocks=checkpoint_blocks)
         self.masking = masking if masking is not None else RandomMasking(0.75)
         self.decoder_embed = nn.Linear(spec.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
@@ -71,8 +75,10 @@ class MaskedAutoencoder(nn.Module):
         if any(not 1 <= b <= spec.depth for b in self.decoder_reads):
             raise ConfigError(f"decoder_reads {decoder_reads} must name encoder blocks 1..{spec.depth}")
         self.decoder: nn.Module = (
-            HierarchicalDecoder(decoder_width, decoder_depth, decoder_heads, spec.width, len(self.decoder_reads))
-            if self.decoder_reads else TransformerStack(decoder_width, decoder_depth, decoder_heads))
+            HierarchicalDecoder(decoder_width, decoder_depth, decoder_heads, spec.width, len(self.decoder_reads),
+                                checkpoint_blocks=checkpoint_blocks)
+            if self.decoder_reads else TransformerStack(decoder_width, decoder_depth, decoder_heads,
+                                                        checkpoint_blocks=checkpoint_blocks))
         self.decoder_pred = nn.Linear(decoder_width, adapter.token_size)
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.decoder_group.weight, std=0.02)

@@ -46,6 +46,9 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
             and backward without generating kernels: quick to start, for debugging graph breaks).
         decoder_reads: encoder blocks every decoder layer also attends to (Hi-End-MAE's
             hierarchical decoding, e.g. [3, 6, 9, 12]); None is the plain MAE decoder.
+        checkpoint_blocks: activation checkpointing of the encoder and decoder blocks: training
+            keeps each block's input only and recomputes the rest in backward (less memory,
+            about one more forward pass of the blocks per step).
     """
 
     def __init__(
@@ -65,11 +68,12 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         compile: bool = False,
         compile_backend: str = "inductor",
         decoder_reads: list[int] | None = None,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["adapter", "masking"])
         self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking,
-                                     decoder_reads=decoder_reads)
+                                     decoder_reads=decoder_reads, checkpoint_blocks=checkpoint_blocks)
         if compile:
             self.mae.encoder = torch.compile(self.mae.encoder, backend=compile_backend)  # type: ignore[assignment]
             self.mae.decoder = torch.compile(self.mae.decoder, backend=compile_backend)  # type: ignore[assignment]
@@ -95,6 +99,7 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
             "adapter": self.adapter.config(), "size": hp.size, "decoder_width": dec.width,
             "decoder_depth": dec.depth, "decoder_heads": dec.heads,
             "decoder_reads": list(hp.get("decoder_reads") or []), "prefix": "mae.", "task": "pretrain",
+            "checkpoint_blocks": bool(hp.get("checkpoint_blocks", False)),
         }
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

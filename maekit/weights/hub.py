@@ -207,7 +207,8 @@ def stack_from_config(config: dict[str, Any], class_token: bool | None = None, d
                           f"{depth} is no named size; pass heads=")
     return TransformerStack(width, depth, heads, mlp_ratio=float(config.get("mlp_ratio", 4.0)), drop_path=drop_path,
                             class_token=bool(config.get("class_token")) if class_token is None else class_token,
-                            norm_eps=float(config.get("norm_eps", 1e-6)))
+                            norm_eps=float(config.get("norm_eps", 1e-6)),
+                            checkpoint_blocks=bool(config.get("checkpoint_blocks", False)))
 
 
 #: `_build_adapter` was this module's name for it
@@ -268,7 +269,8 @@ def build_pretrained(config: dict[str, Any], state: dict[str, Tensor], full: boo
         if "decoder_width" not in config:
             raise DataError(path, "holds an encoder only (a fine-tuning checkpoint); full=True needs a pretraining one")
         model: nn.Module = MaskedAutoencoder(adapter, config["size"], config["decoder_width"], config["decoder_depth"],
-                                             config["decoder_heads"], decoder_reads=config.get("decoder_reads") or None)
+                                             config["decoder_heads"], decoder_reads=config.get("decoder_reads") or None,
+                                             checkpoint_blocks=bool(config.get("checkpoint_blocks", False)))
         wanted = model.state_dict()
     else:
         try:

@@ -12,25 +12,42 @@ from torch import Tensor
 
 def farthest_point_sample(points: Tensor, count: int, start: Tensor | None = None) -> Tensor:
     """(B, count) indices of `count` points of `points` (B, N, 3) chosen by farthest-point
-    sampling: each next point is the one farthest from those already chosen.
+    sampling: each next point is the one farthest from those already chosen (the first of
+    equally far ones).
 
     `start` (B,) is the first index of every sample (default 0, as the pointnet2 kernels do).
-    Distinct indices are guaranteed while `count` <= the number of distinct points.
+    Distinct indices are guaranteed while `count` <= the number of distinct points. Indices
+    carry no gradient; `points` may require one.
+
+    Each step is seven kernels writing into preallocated buffers (no allocation, no host sync):
+    gather the new centre, squared distances to it, a running minimum, argmax.
     """
     batch, num, _ = points.shape
     if count > num:
         raise ValueError(f"cannot sample {count} points from clouds of {num}")
-    xyz = points.float().transpose(1, 2).contiguous()  # (B, 3, N): each axis one contiguous row
-    chosen = torch.empty(batch, count, dtype=torch.long, device=points.device)
-    current = start if start is not None else torch.zeros(batch, dtype=torch.long, device=points.device)
-    nearest = torch.full((batch, num), float("inf"), device=points.device)
-    for i in range(count):
-        chosen[:, i] = current
-        centre = torch.gather(xyz, 2, current.view(batch, 1, 1).expand(batch, 3, 1))  # (B, 3, 1)
-        d = xyz - centre
-        torch.minimum(nearest, d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2], out=nearest)
-        current = nearest.argmax(-1)
-    return chosen
+    device = points.device
+    xyz = points.detach().float().transpose(1, 2).contiguous()  # (B, 3, N): each axis one contiguous row
+    picks = torch.zeros(count, batch, dtype=torch.long, device=device)  # row i: the i-th pick of every sample
+    if start is not None:
+        picks[0] = start
+    rows = picks.unbind(0)
+    centre_index = picks.view(count, batch, 1, 1).expand(count, batch, 3, 1).unbind(0)  # views of the rows
+    centre = torch.empty(batch, 3, 1, device=device)
+    diff = torch.empty(batch, 3, num, device=device)
+    dx, dy, dz = diff.unbind(1)
+    distance = torch.empty(batch, num, device=device)
+    nearest = torch.full((batch, num), float("inf"), device=device)
+    # squared distances are >= +0, and such floats order as their bit patterns read as int32:
+    # the integer argmax (no NaN handling) is faster on CPU and picks the same first maximum
+    nearest_bits = nearest.view(torch.int32)
+    for i in range(count - 1):
+        torch.gather(xyz, 2, centre_index[i], out=centre)
+        torch.sub(xyz, centre, out=diff)
+        diff.mul_(diff)
+        torch.add(dx, dy, out=distance).add_(dz)  # (dx² + dy²) + dz², the order of every earlier version
+        torch.minimum(nearest, distance, out=nearest)
+        torch.argmax(nearest_bits, 1, out=rows[i + 1])
+    return picks.t()
 
 
 def farthest_point_order(xyz: np.ndarray, count: int) -> np.ndarray:
@@ -66,13 +83,50 @@ def gather_points(points: Tensor, index: Tensor) -> Tensor:
     return out.reshape(*index.shape, points.shape[-1])
 
 
-def knn(queries: Tensor, points: Tensor, k: int) -> Tensor:
+#: distances held at once by `knn` (B x M x block): about 16 MiB of fp32 plus their int64 keys
+KNN_BLOCK_ELEMENTS = 1 << 22
+
+
+def knn(queries: Tensor, points: Tensor, k: int, block: int | None = None) -> Tensor:
     """(B, M, k) indices of the `k` nearest `points` (B, N, 3) of each of `queries` (B, M, 3),
-    nearest first."""
-    if k > points.shape[1]:
-        raise ValueError(f"cannot take {k} neighbours among {points.shape[1]} points")
-    distance = torch.cdist(queries.float(), points.float())  # (B, M, N)
-    return distance.topk(k, dim=-1, largest=False, sorted=True).indices
+    nearest first; equally near points in index order (deterministic on every device).
+
+    The (B, M, N) distance matrix is never held whole when it is large: points are taken in
+    blocks of `block` (default: as many as keep B x M x block <= `KNN_BLOCK_ELEMENTS`), and a
+    running top-k is merged with each block's. Squared distances are direct differences, each
+    computed the same way whatever the blocking, so the results do not depend on it.
+    """
+    batch, num = points.shape[:2]
+    if k > num:
+        raise ValueError(f"cannot take {k} neighbours among {num} points")
+    if block is None:
+        block = max(k, KNN_BLOCK_ELEMENTS // max(batch * queries.shape[1], 1))
+    elif block < 1:
+        raise ValueError(f"knn block must be a positive number of points, got {block}")
+    q = queries.detach().float().transpose(1, 2)[..., None]  # (B, 3, M, 1)
+    p = points.detach().float().transpose(1, 2)[:, :, None]  # (B, 3, 1, N)
+    best: Tensor | None = None
+    for first in range(0, num, block):
+        keys = _distance_keys(q, p[..., first:first + block], first)
+        if best is not None:
+            keys = torch.cat([best, keys], -1)
+        best = keys.topk(min(k, keys.shape[-1]), dim=-1, largest=False, sorted=True).values
+    assert best is not None
+    return best & 0xFFFFFFFF
+
+
+def _distance_keys(q: Tensor, p: Tensor, first: int) -> Tensor:
+    """(B, M, C) int64 keys ordering (squared distance, index) lexicographically, from queries
+    `q` (B, 3, M, 1) and points `p` (B, 3, 1, C) numbered from `first`: the distance's float
+    bits (a float >= 0 orders as its bits read as int32) times 2^32 plus the point's index."""
+    distance = torch.sub(q[:, 0], p[:, 0])
+    distance.mul_(distance)
+    step = torch.sub(q[:, 1], p[:, 1])
+    distance.addcmul_(step, step)
+    torch.sub(q[:, 2], p[:, 2], out=step)
+    distance.addcmul_(step, step)
+    index = torch.arange(first, first + distance.shape[-1], device=distance.device)
+    return torch.add(index, distance.view(torch.int32), alpha=1 << 32)
 
 
 def group_points(points: Tensor, num_groups: int, group_size: int) -> tuple[Tensor, Tensor]:

@@ -11,11 +11,17 @@ the frozen encoder, pretrained vs the same architecture at random initialisation
   `configs/mri/probe.yaml` (Dice of a light per-token head with 8 labelled cases and all);
   goal: Dice >= random + 0.05 at 8 cases.
 
+With `--finetune` (slow: minutes per run on a CPU), a set that names a fine-tuning config also
+fine-tunes the whole segmentation model on the headline budget of labelled training cases, once
+from the pretrained encoder and once from random initialisation (same seed, steps and cases), and
+reports the validation Dice of both on the probe's test cases (`hippocampus`: `configs/mri/segment.yaml`,
+8 cases, 60 steps). The fine-tunes split like the probe, which is checked too.
+
 Pretraining sees only the probe's training split: both configs of a pair split the same files
 with the same seed and fraction, which is checked (`check_split`) before anything runs. Without
 DATA the script prints why it skips and exits 0. Results: a table, OUT/realdata.json.
 
-    python -m maekit.realdata [--data DIR] [--out DIR] [--threads N] [--only eurosat_rgb,hippocampus]
+    python -m maekit.realdata [--data DIR] [--out DIR] [--threads N] [--only eurosat_rgb,hippocampus] [--finetune]
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class RealSet:
     metric: str = "linear"
     margin: float = 0.10
     probe_args: tuple[str, ...] = field(default_factory=tuple)
+    #: the fine-tuning config (None: no fine-tuning row) and its options (budget of labelled cases, steps)
+    finetune: str | None = None
+    finetune_args: tuple[str, ...] = field(default_factory=tuple)
 
 
 SETS = (
@@ -60,7 +69,11 @@ SETS = (
     # classification probe compares with `maekit probe`'s default of 3 random inits, pooled
     RealSet("hippocampus", "configs/mri/pretrain_small.yaml", "configs/mri/probe.yaml", "8,all",
             pretrain_args=("--data.labels", "[0,1,2]"), headline="8", metric="dice", margin=0.05,
-            probe_args=("--random_inits", "1")),
+            probe_args=("--random_inits", "1"), finetune="configs/mri/segment.yaml",
+            # 8 labelled cases (the probe's draw with seed 0); one step per epoch (batch 8), 60 steps,
+            # validation (sliding-window Dice on the probe's test cases) every 20
+            finetune_args=("--data.labelled_cases", "8", "--data.labelled_seed", "0", "--data.num_workers", "0",
+                           "--trainer.max_epochs", "60", "--trainer.check_val_every_n_epoch", "20")),
 )
 
 
@@ -77,6 +90,30 @@ def probe_command(real: RealSet, data: Path, out: Path, weights: Path, python: s
     return [python, "-m", "maekit", "probe", "-c", str(REPO / real.probe), "--data.root", str(data / real.name),
             "--model.pretrained", str(weights), "--labels_per_class", real.budgets,
             "--out", str(out / f"{real.name}_probe.json"), *real.probe_args]
+
+
+def finetune_command(real: RealSet, data: Path, out: Path, weights: Path | None,
+                     python: str = sys.executable) -> list[str]:
+    """`maekit fit` of the set's fine-tuning config from WEIGHTS (None: random initialisation),
+    every output under OUT/<set>_finetune_<pretrained|scratch>/."""
+    if real.finetune is None:
+        raise ConfigError(f"{real.name}: no fine-tuning config")
+    run = out / f"{real.name}_finetune_{'scratch' if weights is None else 'pretrained'}"
+    return [python, "-m", "maekit", "fit", "-c", str(REPO / real.finetune), "--data.root", str(data / real.name),
+            "--model.pretrained", "null" if weights is None else str(weights),
+            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+            "--trainer.enable_progress_bar", "false", *real.finetune_args]
+
+
+def validation_curve(metrics_csv: Path, key: str = "val/dice") -> list[tuple[int, float]]:
+    """(step, value) of every logged `key` in a CSVLogger's metrics file; refused if there is none."""
+    import csv
+
+    with open(metrics_csv) as f:
+        curve = [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+    if not curve:
+        raise ConfigError(f"{metrics_csv}: no {key} logged (did validation run?)")
+    return curve
 
 
 def _option_pairs(argv: list[str]) -> list[str]:
@@ -146,6 +183,26 @@ def headline(real: RealSet, probe: dict[str, Any]) -> dict[str, Any]:
             "gain": pre - rand, "goal": f"{real.metric} >= random + {real.margin:g}", "met": pre - rand >= real.margin}
 
 
+def _finetune(real: RealSet, data: Path, out: Path, env: dict[str, str], weights: Path) -> dict[str, Any]:
+    """Fine-tune from WEIGHTS and from random initialisation; the Dice curves, times and the goal."""
+    split = check_split(finetune_command(real, data, out, weights), probe_command(real, data, out, weights))
+    if split["pretrain_val"] != split["probe_test"]:
+        raise ConfigError(f"{real.name}: the fine-tune validates on {split['pretrain_val']} cases, the probe tests "
+                          f"{split['probe_test']}: give both the same split")
+    runs: dict[str, Any] = {}
+    for name, w in (("pretrained", weights), ("scratch", None)):
+        argv = finetune_command(real, data, out, w)
+        printed, wall = _run(argv, env, out / f"{real.name}_finetune_{name}.log")
+        found = re.findall(r"maekit: checkpoint written: (\S+)", printed)
+        if not found:
+            raise SystemExit(f"maekit.realdata: {real.name}: the {name} fine-tune wrote no checkpoint")
+        curve = validation_curve(Path(found[-1]).parent.parent / "metrics.csv")
+        runs[name] = {"command": " ".join(argv[1:]), "seconds": wall, "val_dice": curve, "dice": curve[-1][1]}
+    gain = runs["pretrained"]["dice"] - runs["scratch"]["dice"]
+    return {**runs, "budget": real.headline, "gain": gain, "goal": f"dice >= scratch + {real.margin:g}",
+            "met": gain >= real.margin}
+
+
 def format_results(results: dict[str, Any]) -> str:
     """One row per set, budget and metric: pretrained, random, gain."""
     rows = [f"{'set':<12s} {'budget':>7s} {'metric':>7s} {'pretrained':>16s} {'random':>16s} {'gain':>7s}"]
@@ -159,6 +216,12 @@ def format_results(results: dict[str, Any]) -> str:
         h = r["headline"]
         rows.append(f"  {name}: pretraining {r['pretrain_seconds']:.0f} s, probe {r['probe_seconds']:.0f} s; goal "
                     f"{h['goal']} at {h['budget']}: {'MET' if h['met'] else 'MISSED'} ({h['gain']:+.3f})")
+        if "finetune" in r:
+            f = r["finetune"]
+            rows.append(f"  {name}: fine-tune @{f['budget']} cases: Dice pretrained {f['pretrained']['dice']:.3f} "
+                        f"({f['pretrained']['seconds']:.0f} s), scratch {f['scratch']['dice']:.3f} "
+                        f"({f['scratch']['seconds']:.0f} s); goal {f['goal']}: {'MET' if f['met'] else 'MISSED'} "
+                        f"({f['gain']:+.3f})")
     return "\n".join(rows)
 
 
@@ -169,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                    help="torch CPU threads (OMP_NUM_THREADS); 1 is fastest on a loaded 2-core machine")
     p.add_argument("--only", default=",".join(s.name for s in SETS), help="comma-separated sets to run")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune from the pretrained and a random encoder where a set names a fine-tuning "
+                        "config (hippocampus: 8 cases, minutes per run on a CPU)")
     a = p.parse_args(argv)
     data = (REPO / a.data).resolve()
     if not data.is_dir():
@@ -205,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             "pretrain_command": " ".join(fit[1:]), "probe_command": " ".join(probe_argv[1:]), "split": split,
             "pretrain_seconds": fit_wall, "probe_seconds": probe_wall, "checkpoint": found[-1], "probe": probe,
             "headline": headline(real, probe)}
+        if a.finetune and real.finetune is not None:
+            results["sets"][real.name]["finetune"] = _finetune(real, data, out, env, Path(found[-1]))
     (out / "realdata.json").write_text(json.dumps(results, indent=2) + "\n")
     print(format_results(results))
     print(f"wrote {out / 'realdata.json'}")

@@ -93,3 +93,51 @@ def test_headline_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     table = realdata.format_results({"sets": {"hippocampus": {"probe": probe, "headline": h, "pretrain_seconds": 5,
                                                               "probe_seconds": 2}}})
     assert "0.610 ± 0.010" in table and "MISSED (+0.030)" in table
+
+
+def test_finetune_commands_from_pretrained_and_scratch_on_the_probe_split(tmp_path: Path) -> None:
+    data, out = _pairs(tmp_path)
+    hippo = {s.name: s for s in realdata.SETS}["hippocampus"]
+    weights = tmp_path / "w.ckpt"
+    pre, scratch = (realdata.finetune_command(hippo, data, out, w, python="PY") for w in (weights, None))
+    assert pre[pre.index("-c") + 1] == str(REPO / "configs/mri/segment.yaml")
+    assert pre[pre.index("--model.pretrained") + 1] == str(weights)
+    assert scratch[scratch.index("--model.pretrained") + 1] == "null"
+    # the same run otherwise: same cases, steps and seed, outputs apart
+    drop = lambda argv: [a for a in argv if a not in (str(weights), "null") and str(out) not in a]  # noqa: E731
+    assert drop(pre) == drop(scratch)
+    assert pre[pre.index("--data.labelled_cases") + 1] == hippo.headline == "8"
+    assert pre[pre.index("--trainer.default_root_dir") + 1] == str(out / "hippocampus_finetune_pretrained")
+    with pytest.raises(ConfigError, match="no fine-tuning config"):
+        realdata.finetune_command(realdata.SETS[0], data, out, weights)
+    # fine-tuning trains on probe training cases only and validates on exactly the probe's test cases
+    fit = realdata.finetune_command(hippo, data, out, weights)
+    fit[fit.index("--data.labelled_cases") + 1] = "3"  # the generated set has fewer than 8 training cases
+    ft_train, ft_val = realdata.split_items(fit)
+    probe_train, probe_test = realdata.split_items(realdata.probe_command(hippo, data, out, weights))
+    assert ft_val == probe_test and len(ft_train) == 3 and set(ft_train) <= set(probe_train)
+
+
+def test_validation_curve_reads_every_logged_dice(tmp_path: Path) -> None:
+    import random
+
+    values = [round(random.random(), 4) for _ in range(3)]
+    rows = ["epoch,step,train/loss,val/dice"] + [f"{i},{i},0.5," for i in range(3)]
+    rows += [f"{i},{10 * (i + 1)},,{v}" for i, v in enumerate(values)]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert realdata.validation_curve(tmp_path / "metrics.csv") == [(10 * (i + 1), v) for i, v in enumerate(values)]
+    (tmp_path / "none.csv").write_text("epoch,step,train/loss,val/dice\n0,0,0.5,\n")
+    with pytest.raises(ConfigError, match="no val/dice logged"):
+        realdata.validation_curve(tmp_path / "none.csv")
+
+
+def test_finetune_row_in_the_table() -> None:
+    probe = {"metrics": ["dice"], "labels_per_class": {"8": {"pretrained": {"dice": 0.61, "dice_std": 0.01},
+                                                             "random": {"dice": 0.58, "dice_std": 0.02}}}}
+    h = realdata.headline(realdata.SETS[1], probe)
+    ft = {"pretrained": {"dice": 0.72, "seconds": 300}, "scratch": {"dice": 0.64, "seconds": 290}, "budget": "8",
+          "gain": 0.08, "goal": "dice >= scratch + 0.05", "met": True}
+    table = realdata.format_results({"sets": {"hippocampus": {"probe": probe, "headline": h, "pretrain_seconds": 5,
+                                                              "probe_seconds": 2, "finetune": ft}}})
+    assert "fine-tune @8 cases: Dice pretrained 0.720 (300 s), scratch 0.640 (290 s)" in table
+    assert "scratch + 0.05: MET (+0.080)" in table

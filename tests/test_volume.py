@@ -146,3 +146,39 @@ def test_group_embedding_reads_token_slices_in_place_with_the_linear_s_values_an
     for a, b in zip(torch.autograd.grad((got * weights).sum(), (layer.weight, layer.bias, values)),
                     torch.autograd.grad((expected * weights).sum(), (layer.weight, layer.bias, values))):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_labelled_cases_keeps_a_seeded_few_training_cases_and_the_same_validation(tmp_path) -> None:
+    import numpy as np
+
+    from maekit.domains.volume import VolumeDataModule
+    from maekit.domains.volume.samples import make_pairs_dataset
+    from maekit.errors import ConfigError
+    from maekit.finetune.probe import labelled_subset
+
+    rng = np.random.default_rng()
+    cases, keep, seed, draw = int(rng.integers(8, 12)), int(rng.integers(1, 5)), int(rng.integers(100)), int(rng.integers(100))
+    root = make_pairs_dataset(tmp_path / "set", cases=cases, unlabelled=0, seed=seed)
+
+    def module(**kw: object) -> VolumeDataModule:
+        dm = VolumeDataModule(str(root), kind="mri", roi_size=[16, 16, 16], labels=[0, 1, 2], val_fraction=0.25,
+                              seed=seed, **kw)
+        dm.setup("fit")
+        return dm
+
+    full, few = module(), module(labelled_cases=keep, labelled_seed=draw)
+    names = lambda dm, part: [c.name for c in dm.datasets[part].cases]  # noqa: E731
+    assert names(few, "val") == names(full, "val")  # the held-out cases do not move
+    # the kept cases are `maekit probe`'s draw of as many cases with that seed
+    expected = labelled_subset(np.zeros(len(full.datasets["train"]), np.int64), keep, draw, "case")
+    assert names(few, "train") == [names(full, "train")[i] for i in expected]
+    assert len(set(names(few, "train"))) == keep
+    assert names(module(labelled_cases=keep, labelled_seed=draw), "train") == names(few, "train")
+    others = {tuple(names(module(labelled_cases=keep, labelled_seed=draw + k), "train")) for k in range(1, 6)}
+    assert others - {tuple(names(few, "train"))}  # another seed, another draw
+    with pytest.raises(ConfigError, match="only .* training case"):
+        module(labelled_cases=cases)
+    with pytest.raises(ConfigError, match="at least 1"):
+        VolumeDataModule(str(root), labels=[0, 1, 2], labelled_cases=0)
+    with pytest.raises(ConfigError, match="declare the labels"):
+        VolumeDataModule(str(root), kind="mri", roi_size=[16, 16, 16], labelled_cases=keep).setup("fit")

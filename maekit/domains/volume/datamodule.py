@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -132,6 +133,10 @@ class VolumeDataModule(MaekitDataModule):
             `ClassificationTask`. Cases it does not list are skipped with a warning.
         crop_foreground: crop training cases to their non-zero bounding box before cropping
             windows (MRI: the brain; CT after windowing: the body).
+        labelled_cases: keep only this many training cases (a small labelled set), drawn with
+            `labelled_seed` after the validation split, so the validation cases do not change.
+            The draw is `maekit probe`'s draw of as many cases with seed `labelled_seed`.
+        labelled_seed: seed of that draw (default: `seed`).
     """
 
     def __init__(self, root: str, layout: Layout = "auto", modalities: list[str] | None = None,
@@ -141,8 +146,13 @@ class VolumeDataModule(MaekitDataModule):
                  batch_size: int = 2, num_workers: int = 0, flips: bool = True, seed: int = 0,
                  cache: bool = True, val_whole_volumes: bool = False,
                  drop_modalities: list[str] | None = None, case_labels: str | None = None,
-                 crop_foreground: bool = False) -> None:
+                 crop_foreground: bool = False, labelled_cases: int | None = None,
+                 labelled_seed: int | None = None) -> None:
         super().__init__()
+        if labelled_cases is not None and labelled_cases < 1:
+            raise ConfigError(f"labelled_cases must be at least 1, got {labelled_cases}")
+        self.labelled_cases = labelled_cases
+        self.labelled_seed = seed if labelled_seed is None else labelled_seed
         self.root, self.layout = Path(root), layout
         #: the modalities delivered, in order (None until `setup` when the layout declares them)
         self.modalities: list[str] | None = [canonical_modality(m) for m in modalities] if modalities else None
@@ -212,6 +222,8 @@ class VolumeDataModule(MaekitDataModule):
                 raise DataError(self.case_labels, f"labels none of the cases under {self.root}")
             class_of = {name: self.classes.index(value) for name, value in table.items()}
         val, train = self.seeded_split(cases, self.val_fraction, at_least_one=True)
+        if self.labelled_cases is not None:
+            train = self._labelled(train)
         splits = {"val": val, "train": train}
         for name, chosen in splits.items():
             train = name == "train"
@@ -221,6 +233,18 @@ class VolumeDataModule(MaekitDataModule):
                                                 labels=self.labels, ct_window=self.ct_window, cache=self.cache,
                                                 drop=[self.modalities.index(m) for m in self.drop_modalities],
                                                 case_class=class_of or None, crop_foreground=self.crop_foreground)
+
+    def _labelled(self, train: list[Case]) -> list[Case]:
+        """`labelled_cases` of the training cases, drawn with `labelled_seed`, in their order."""
+        assert self.labelled_cases is not None
+        if self.labels is None:
+            raise ConfigError("labelled_cases keeps a few labelled training cases: declare the labels "
+                              "(data.labels) so the data is read for segmentation")
+        if self.labelled_cases > len(train):
+            raise ConfigError(f"labelled_cases {self.labelled_cases}: {self.root} has only {len(train)} training "
+                              f"case(s) with a label map after the validation split")
+        keep = np.random.default_rng(self.labelled_seed).choice(len(train), self.labelled_cases, replace=False)
+        return [train[i] for i in sorted(int(i) for i in keep)]
 
     @property
     def num_classes(self) -> int:

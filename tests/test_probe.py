@@ -53,9 +53,11 @@ def test_knn_and_linear_probe_score_structure_and_fall_to_chance_on_shuffled_lab
     chance = 1 / classes
     assert knn_accuracy(x[train], y[train], x[test], y[test], k=20) > 0.9
     assert logistic_accuracy(x[train], y[train], x[test], y[test]) > 0.9
-    shuffled = rng.permutation(y[train])  # features no longer go with their labels
-    assert knn_accuracy(x[train], shuffled, x[test], y[test], k=20) < chance + 0.2
-    assert logistic_accuracy(x[train], shuffled, x[test], y[test]) < chance + 0.2
+    # features no longer go with their labels; one shuffle of ~100 clustered points swings far from
+    # chance (a cluster's neighbours share one drawn label), so the mean over several shuffles is tested
+    shuffles = [rng.permutation(y[train]) for _ in range(32)]
+    assert np.mean([knn_accuracy(x[train], s, x[test], y[test], k=20) for s in shuffles]) < chance + 0.2
+    assert np.mean([logistic_accuracy(x[train], s, x[test], y[test]) for s in shuffles[:8]]) < chance + 0.2
     # one labelled example per class: k capped, C fixed without cross-validation, still above chance
     one = labelled_subset(y[train], 1, seed)
     assert knn_accuracy(x[train][one], y[train][one], x[test], y[test], k=20) > chance + 0.3

@@ -382,10 +382,12 @@ def _epoch_losses(run: Path) -> list[float]:
 
 def _assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
                           early: dict[str, torch.Tensor]) -> None:
-    """Weights agree far closer than the training steps moved them."""
-    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    moved = max((a[k].float() - early[k].float()).abs().max().item() for k in a)
-    assert worst < 0.02 * moved, f"weights differ by {worst} (the steps moved them by {moved})"
+    """Weights agree far closer than the training steps moved them, over the whole model. (Not entry
+    by entry: the key part of a qkv bias gets a mathematically zero gradient, softmax ignores it, so
+    AdamW turns rounding noise there into lr-sized steps that differ between world sizes.)"""
+    diff = torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a))
+    moved = torch.sqrt(sum(((a[k].float() - early[k].float()) ** 2).sum() for k in a))
+    assert diff < 0.01 * moved, f"weights differ by {diff:.3g} (norm; the steps moved them by {moved:.3g})"
 
 
 @pytest.mark.slow

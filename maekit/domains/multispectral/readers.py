@@ -185,12 +185,7 @@ def chip_size(path: str | Path) -> tuple[int, int]:
         with _open_picture(path) as picture:
             return picture.height, picture.width
     if suffix == ".npy":
-        try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        except (OSError, ValueError) as err:
-            raise DataError(path, f"cannot be read as a numpy array: {err}") from err
-        if len(shape) != 3:
-            raise DataError(path, f"holds an array of shape {shape}; expected (bands, height, width)")
+        shape = _npy_chip_shape(path)
         return int(shape[1]), int(shape[2])
     if suffix == ".npz":
         image = read_array_chip(path, ["?"] * _npz_bands(path)).image
@@ -200,6 +195,17 @@ def chip_size(path: str | Path) -> tuple[int, int]:
             return src.height, src.width
     except RasterioError as err:
         raise DataError(path, f"cannot be opened as a raster: {err}") from err
+
+
+def _npy_chip_shape(path: Path) -> tuple[int, ...]:
+    """The (bands, height, width) shape of a `.npy` chip, read from its header only."""
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot be read as a numpy array: {err}") from err
+    if len(shape) != 3:
+        raise DataError(path, f"holds an array of shape {shape}; expected (bands, height, width)")
+    return tuple(int(v) for v in shape)
 
 
 def chip_band_count(path: str | Path) -> int:
@@ -212,13 +218,7 @@ def chip_band_count(path: str | Path) -> int:
                 return 4 if "transparency" in picture.info else 3
             return _PICTURE_MODES.get(picture.mode, len(picture.getbands()))
     if suffix == ".npy":
-        try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        except (OSError, ValueError) as err:
-            raise DataError(path, f"cannot be read as a numpy array: {err}") from err
-        if len(shape) != 3:
-            raise DataError(path, f"holds an array of shape {shape}; expected (bands, height, width)")
-        return int(shape[0])
+        return int(_npy_chip_shape(path)[0])
     if suffix == ".npz":
         return _npz_bands(path)
     try:

@@ -109,11 +109,13 @@ def test_numpy_fps_order_makes_the_same_picks_as_the_batched_fps() -> None:
         farthest_point_order(points[0].numpy(), 701)
 
 
-def _reference_fps(points: torch.Tensor, count: int) -> torch.Tensor:
+def _reference_fps(points: torch.Tensor, count: int, start: torch.Tensor | None = None) -> torch.Tensor:
     """The plain loop FPS used to be: fresh tensors each step, (dx² + dy²) + dz², argmax."""
     batch = points.shape[0]
-    chosen, current = [], torch.zeros(batch, dtype=torch.long)
+    chosen, current = [], torch.zeros(batch, dtype=torch.long) if start is None else start.long()
     nearest = torch.full(points.shape[:2], float("inf"))
+    if count == 0:
+        return torch.zeros(batch, 0, dtype=torch.long)
     for _ in range(count):
         chosen.append(current)
         d = points - points[torch.arange(batch), current][:, None]
@@ -137,6 +139,70 @@ def test_fps_makes_the_reference_picks_and_open3d_s(seed: int) -> None:
         theirs = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[0].detach().double().numpy()))
         kept = np.asarray(theirs.farthest_point_down_sample(count).points)
         assert np.allclose(kept, points[0, picks[0].sort().values].detach().double().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_both_fps_paths_make_the_reference_picks_from_any_start(seed: int) -> None:
+    """The NumPy-assisted CPU loop and the torch loop (other devices, `torch.compile`) pick the
+    reference's points in its order, from random starts, on random and on tie-ridden clouds."""
+    from maekit.domains.pointcloud.ops import _farthest_point_sample_cpu, _farthest_point_sample_torch
+
+    g = torch.Generator().manual_seed(100 + seed)
+    batch, num = int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 1500, (1,), generator=g))
+    count = int(torch.randint(0, min(num, 100) + 1, (1,), generator=g))
+    points = torch.randn(batch, num, 3, generator=g) * float(torch.rand(1, generator=g) * 10 + 0.01)
+    if seed % 2:  # a coarse lattice: many equally far points, decided by index
+        points = (points * float(torch.rand(1, generator=g) * 3 + 0.2)).round()
+    start = torch.randint(0, num, (batch,), generator=g) if seed % 3 else None
+    expected = _reference_fps(points, count, start)
+    for path in (_farthest_point_sample_cpu, _farthest_point_sample_torch):
+        assert torch.equal(path(points, count, start), expected), path.__name__
+    assert torch.equal(farthest_point_sample(points.double(), count, start), expected)
+    if count == num:  # every point once
+        assert torch.equal(expected.sort(1).values, torch.arange(num).expand(batch, -1))
+
+
+def test_fps_sums_squares_in_the_reference_order() -> None:
+    """(dx² + dy²) + dz² in fp32, the order open3d's picks were checked with: two points whose
+    squared distances from the start differ by one rounding, and swap order if summed otherwise."""
+    from maekit.domains.pointcloud.ops import _farthest_point_sample_cpu, _farthest_point_sample_torch
+
+    far = np.array([0.0236432496458292, 0.9009273648262024, -0.7116807699203491], np.float32)
+    near = far[[1, 2, 0]]  # the same squares, summed in another order
+    squares = lambda p: [np.float32(v) * np.float32(v) for v in p]  # noqa: E731
+    (a, b, c), (d, e, f) = squares(far), squares(near)
+    assert (a + b) + c > (d + e) + f and a + (b + c) < d + (e + f)  # the premise: the order decides
+    for first in (0, 1):  # the farther point first or second in the cloud
+        cloud = [np.zeros(3, np.float32), far, near] if first == 0 else [np.zeros(3, np.float32), near, far]
+        points = torch.from_numpy(np.stack(cloud))[None]
+        for path in (_farthest_point_sample_cpu, _farthest_point_sample_torch):
+            assert path(points, 2, None).tolist() == [[0, 1 + first]], path.__name__
+
+
+def test_fps_takes_the_torch_loop_off_cpu_and_when_compiled() -> None:
+    """Meta tensors (no data, so no NumPy) and `torch.compile` tracing go through the torch loop."""
+    g = torch.Generator().manual_seed(7)
+    points = torch.randn(3, 200, 3, generator=g)
+    on_meta = farthest_point_sample(points.to("meta"), 9)
+    assert on_meta.shape == (3, 9) and on_meta.device.type == "meta"
+    compiled = torch.compile(lambda p: farthest_point_sample(p, 9), backend="eager", fullgraph=True)
+    assert torch.equal(compiled(points), _reference_fps(points, 9))
+
+
+def test_fps_rejects_bad_shapes_counts_and_starts() -> None:
+    points = torch.rand(2, 10, 3)
+    with pytest.raises(ValueError, match=r"shape \(B, N, 3\), got \(2, 10\)"):
+        farthest_point_sample(points[..., 0], 3)
+    with pytest.raises(ValueError, match="cannot sample 11 points from clouds of 10"):
+        farthest_point_sample(points, 11)
+    with pytest.raises(ValueError, match="cannot sample -1"):
+        farthest_point_sample(points, -1)
+    with pytest.raises(ValueError, match=r"one index per cloud, shape \(2,\), got \(3,\)"):
+        farthest_point_sample(points, 3, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"start indices must lie in \[0, 10\), got \[0, 10\]"):
+        farthest_point_sample(points, 3, torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="start indices must lie"):
+        farthest_point_sample(points, 3, torch.tensor([-1, 0]))
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -148,8 +148,8 @@ def test_both_fps_paths_make_the_reference_picks_from_any_start(seed: int) -> No
     from maekit.domains.pointcloud.ops import _farthest_point_sample_cpu, _farthest_point_sample_torch
 
     g = torch.Generator().manual_seed(100 + seed)
-    batch, num = int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 1500, (1,), generator=g))
-    count = int(torch.randint(0, min(num, 100) + 1, (1,), generator=g))
+    batch, num = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 1200, (1,), generator=g))
+    count = num if seed == 4 else int(torch.randint(0, min(num, 100) + 1, (1,), generator=g))
     points = torch.randn(batch, num, 3, generator=g) * float(torch.rand(1, generator=g) * 10 + 0.01)
     if seed % 2:  # a coarse lattice: many equally far points, decided by index
         points = (points * float(torch.rand(1, generator=g) * 3 + 0.2)).round()
@@ -158,7 +158,7 @@ def test_both_fps_paths_make_the_reference_picks_from_any_start(seed: int) -> No
     for path in (_farthest_point_sample_cpu, _farthest_point_sample_torch):
         assert torch.equal(path(points, count, start), expected), path.__name__
     assert torch.equal(farthest_point_sample(points.double(), count, start), expected)
-    if count == num:  # every point once
+    if seed == 4:  # all of distinct points: every point once
         assert torch.equal(expected.sort(1).values, torch.arange(num).expand(batch, -1))
 
 

@@ -16,8 +16,9 @@ def farthest_point_sample(points: Tensor, count: int, start: Tensor | None = Non
     sampling: each next point is the one farthest from those already chosen (the first of
     equally far ones), by squared distances summed as (dx² + dy²) + dz² in fp32.
 
-    `start` (B,) is the first index of every sample (default 0, as the pointnet2 kernels do).
-    Distinct indices are guaranteed while `count` <= the number of distinct points. Indices
+    `start` (B,) is the first index of every sample (default 0, as the pointnet2 kernels do),
+    each in [0, N): checked on CPU (a `ValueError`); elsewhere an index out of range fails in
+    torch's gather, as checking it would cost a host sync. Distinct indices are guaranteed while `count` <= the number of distinct points. Indices
     carry no gradient; `points` may require one.
 
     Two code paths, same picks bit for bit: on CPU (outside `torch.compile` tracing) the steps

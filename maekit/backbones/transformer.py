@@ -64,6 +64,9 @@ class TransformerStack(nn.Module):
     attention on the fastest fused kernel). With `class_token`, a learned token (with its own
     position) is prepended inside; outputs leave it out unless `return_prefix`. `pos` (B, N, D),
     when given, is added before every block (Point-MAE); the class token's position then joins it.
+    `query_index` (B, M), when given, asks for the outputs at those tokens only: the last block
+    then runs its queries, projections and MLP on them alone (keys and values still come from
+    every token), which is all an MAE loss on the masked tokens needs.
     """
 
     def __init__(
@@ -108,10 +111,13 @@ class TransformerStack(nn.Module):
 
     def forward(
         self, x: Tensor, valid: Tensor | None = None, collect: Sequence[int] = (), return_prefix: bool = False,
-        pos: Tensor | None = None,
+        pos: Tensor | None = None, query_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Run the blocks; with `collect` (1-based block numbers) also return those outputs."""
+        """Run the blocks; with `collect` (1-based block numbers) also return those outputs; with
+        `query_index` (B, M) only the (B, M, D) outputs at those tokens."""
         p = self.num_prefix
+        if query_index is not None and (return_prefix or collect or not self.blocks):
+            raise ValueError("query_index takes no return_prefix or collect, and needs at least one block")
         if p:
             if pos is None:
                 cls = (self.cls_token + self.cls_pos).to(x.dtype).expand(x.shape[0], -1, -1)
@@ -130,6 +136,13 @@ class TransformerStack(nn.Module):
         recompute = _recomputes(self)
         for i, block in enumerate(self.blocks, start=1):
             inputs = x if pos is None else x + pos
+            if query_index is not None and i == len(self.blocks):
+                index = query_index + p if p else query_index
+                if recompute:
+                    x = checkpoint(_block_at, block, inputs, index, mask, use_reentrant=False)
+                else:
+                    x = _block_at(block, inputs, index, mask)
+                return self.norm(x)
             if recompute:
                 x = checkpoint(block, inputs, attn_mask=mask, use_reentrant=False)
             else:
@@ -140,6 +153,31 @@ class TransformerStack(nn.Module):
         if not return_prefix:
             x = x[:, p:]
         return (x, taken) if collect else x
+
+
+def _block_at(block: nn.Module, x: Tensor, index: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """timm `Block`'s output at the tokens `index` (B, M) only, (B, M, D): the same arithmetic as
+    `block(x)` followed by a gather, with queries, attention output, projection and MLP computed
+    for those tokens alone (keys and values from all of `x`)."""
+    take = index[..., None].expand(-1, -1, x.shape[-1])
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None or not getattr(attn, "fused_attn", False):
+        return torch.gather(block(x, attn_mask=attn_mask), 1, take)  # a variant this does not mirror
+    b, n, _ = x.shape
+    m, heads, head_dim = index.shape[1], attn.num_heads, attn.head_dim
+    width = heads * head_dim
+    xn = block.norm1(x)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = nn.functional.linear(torch.gather(xn, 1, take), weight[:width], None if bias is None else bias[:width])
+    kv = nn.functional.linear(xn, weight[width:], None if bias is None else bias[width:])
+    q = q.reshape(b, m, heads, head_dim).transpose(1, 2)
+    k, v = kv.reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, m, width))))
+    y = torch.gather(x, 1, take) + block.drop_path1(block.ls1(out))
+    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
 
 
 def _recomputes(module: nn.Module) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,15 +14,40 @@ from maekit.pretrain.masking import MaskGenerator, RandomMasking, Visible
 from maekit.tokens import DomainAdapter, Tokens
 
 
-@dataclass
 class MAEOutput:
-    """What one MAE pass produced, for the loss, metrics and figures."""
+    """What one MAE pass produced, for the loss, metrics and figures.
 
-    loss: Tensor  # scalar, mean over masked present tokens
-    per_token: Tensor  # (B, N) loss of every token (fp32)
-    pred: Tensor  # (B, N, P) decoder predictions (in target space)
-    tokens: Tokens
-    visible: Visible
+    Attributes:
+        loss: scalar, mean over masked present tokens.
+        pred: (B, N, P) decoder predictions at every position (in target space), fp32.
+        per_token: (B, N) loss of every token, fp32.
+        tokens, visible: the tokens and the visible set of the pass.
+
+    A pass that decoded only the scored tokens (`MaskedAutoencoder.forward(scored_only=True)`)
+    computes `pred` and `per_token` the first time they are read, by decoding every position.
+    """
+
+    def __init__(self, loss: Tensor, tokens: Tokens, visible: Visible, pred: Tensor | None = None,
+                 per_token: Tensor | None = None,
+                 full: Callable[[], tuple[Tensor, Tensor]] | None = None) -> None:
+        if (pred is None or per_token is None) and full is None:
+            raise ValueError("MAEOutput needs pred and per_token, or `full` to compute them")
+        self.loss, self.tokens, self.visible = loss, tokens, visible
+        self._pred, self._per_token, self._full = pred, per_token, full
+
+    def _complete(self) -> None:
+        if self._pred is None or self._per_token is None:
+            self._pred, self._per_token = self._full()  # type: ignore[misc]
+
+    @property
+    def pred(self) -> Tensor:
+        self._complete()
+        return self._pred  # type: ignore[return-value]
+
+    @property
+    def per_token(self) -> Tensor:
+        self._complete()
+        return self._per_token  # type: ignore[return-value]
 
     @property
     def scored(self) -> Tensor:
@@ -86,6 +111,13 @@ class MaskedAutoencoder(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def compile_stacks(self, backend: str = "inductor") -> None:
+        """Run the encoder and decoder stacks through `torch.compile` (what `compile: true` of the
+        Lightning module does, and what `benchmarks/mae_step.py` times). Tokenizing, masking, the
+        scatter into the decoder and the loss stay eager: the masks keep eager's random stream."""
+        self.encoder = torch.compile(self.encoder, backend=backend)  # type: ignore[assignment]
+        self.decoder = torch.compile(self.decoder, backend=backend)  # type: ignore[assignment]
+
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay (besides biases and norms)."""
         names = {"mask_token", "decoder_group.weight"}
@@ -100,8 +132,9 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads), pos=pos)
 
     def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible,
-                        levels: list[Tensor] | None = None) -> Tensor:
-        """(B, N, P) predictions for every position, visible or not, present or not."""
+                        levels: list[Tensor] | None = None, query_index: Tensor | None = None) -> Tensor:
+        """(B, N, P) predictions for every position, visible or not, present or not; with
+        `query_index` (B, M) the (B, M, P) predictions at those positions only (plain decoder)."""
         batch, num = tokens.present.shape
         y = self.decoder_embed(latent)
         mask_token = self.mask_token.to(y.dtype)
@@ -112,21 +145,51 @@ class MaskedAutoencoder(nn.Module):
         position = self.adapter.encode_position(tokens.coords, full.shape[-1]).to(full.dtype)
         full = full + position + self.decoder_group(tokens.group).to(full.dtype)
         if self.decoder_reads:
+            if query_index is not None:
+                raise ValueError("query_index needs the plain decoder (no decoder_reads)")
             return self.decoder_pred(self.decoder(full, levels, visible.valid))
+        if query_index is not None:
+            return self.decoder_pred(self.decoder(full, query_index=query_index))
         return self.decoder_pred(self.decoder(full))
 
-    def forward(self, batch: dict[str, Any], visible: Visible | None = None) -> MAEOutput:
-        """Tokenize, mask, encode, decode and score one batch."""
+    def forward(self, batch: dict[str, Any], visible: Visible | None = None, scored_only: bool = False) -> MAEOutput:
+        """Tokenize, mask, encode, decode and score one batch.
+
+        `scored_only`: decode only what the loss needs where the batch allows it (the plain
+        decoder, every sample with the same visible count): the decoder's last block, its
+        prediction head and the loss run on the masked tokens alone. The loss and its gradients
+        are those of the full pass; `pred` and `per_token` are then computed when first read."""
         tokens = self.adapter.tokenize(batch)
         if visible is None:
             visible = self.masking(tokens)
         latent, levels = self.forward_encoder(tokens, visible)
-        pred = self.forward_decoder(latent, tokens, visible, levels)
+        if not (scored_only and visible.valid is None and not self.decoder_reads):
+            pred32, per_token, loss = self._score(self.forward_decoder(latent, tokens, visible, levels), tokens, visible)
+            return MAEOutput(loss=loss, per_token=per_token, pred=pred32, tokens=tokens, visible=visible)
+        num, kept = visible.mask.shape[1], visible.index.shape[1]
+        hidden = visible.mask.to(torch.uint8).argsort(dim=1, stable=True)[:, : num - kept]  # (B, N - K) not visible
+        pred = self.forward_decoder(latent, tokens, visible, levels, query_index=hidden)
+        _, _, loss = self._score(pred, tokens, visible, hidden)
+
+        def full() -> tuple[Tensor, Tensor]:
+            pred32, per_token, _ = self._score(self.forward_decoder(latent, tokens, visible, levels), tokens, visible)
+            return pred32, per_token
+
+        return MAEOutput(loss=loss, tokens=tokens, visible=visible, full=full)
+
+    def _score(self, pred: Tensor, tokens: Tokens, visible: Visible,
+               hidden: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(fp32 predictions, per-token loss, loss) of `pred`: (B, N, P) at every position, or
+        (B, M, P) at the positions `hidden` (B, M) (the others, never scored, are given the
+        target, so the adapter's per-token loss still sees the (B, N, P) layout it takes)."""
         with torch.autocast(device_type=pred.device.type, enabled=False):
             pred32 = pred.float()
-            per_token = self.adapter.loss(pred32, self.adapter.target(tokens), tokens)
+            target = self.adapter.target(tokens)
+            if hidden is not None:
+                pred32 = target.scatter(1, hidden[..., None].expand(-1, -1, target.shape[-1]), pred32)
+            per_token = self.adapter.loss(pred32, target, tokens)
             scored = tokens.present & ~visible.mask
             # never NaN: a batch with nothing masked scores 0 (and gives zero gradients), and
             # whatever the decoder says at unscored positions cannot leak in through 0 * NaN
             loss = torch.where(scored, per_token, 0.0).sum() / scored.sum().clamp(min=1)
-        return MAEOutput(loss=loss, per_token=per_token, pred=pred32, tokens=tokens, visible=visible)
+        return pred32, per_token, loss

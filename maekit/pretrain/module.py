@@ -75,8 +75,7 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         self.mae = MaskedAutoencoder(adapter, size, decoder_width, decoder_depth, decoder_heads, masking,
                                      decoder_reads=decoder_reads, checkpoint_blocks=checkpoint_blocks)
         if compile:
-            self.mae.encoder = torch.compile(self.mae.encoder, backend=compile_backend)  # type: ignore[assignment]
-            self.mae.decoder = torch.compile(self.mae.decoder, backend=compile_backend)  # type: ignore[assignment]
+            self.mae.compile_stacks(compile_backend)
         self._figure_batch: dict[str, Any] | None = None
         self.last_figure: Path | None = None
         self._parameter_ranks: dict[str, int] | None = None
@@ -103,7 +102,7 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         }
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.mae(batch)
+        out = self.mae(batch, scored_only=True)
         self.watch_loss(out.loss)
         # the step value is this rank's batch (no collective per step); the epoch value is the
         # mean over every rank's samples, reduced once when the epoch ends
@@ -115,11 +114,11 @@ class MAEPretrainModule(LossGuard, L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.mae(batch)
+        out = self.mae(batch, scored_only=True)
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.tokens.batch_size)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.mae(batch)
+        out = self.mae(batch, scored_only=True)
         self.log("test/loss", out.loss, sync_dist=True, batch_size=out.tokens.batch_size)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -262,3 +262,43 @@ def test_shipped_probe_configs_build_a_frozen_feature_model(domain: str, tmp_pat
                           "--model.size", "nano"], run=False)
     assert isinstance(cli.model, FrozenFeatureEvaluation) and cli.config["model"]["init_args"]["pretrained"] is None
     assert getattr(cli.datamodule, "labels_per_class", None) is None  # the probe draws its own budgets
+
+
+def test_probe_on_mixed_sensors_batches_one_sensor_at_a_time(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`maekit probe` on a MultiSensorDataModule: the training features are read one sensor per
+    batch (a mixed batch is refused by the collate), every training sample once, with its label."""
+    from maekit.cli import cmd_sample_data
+    from maekit.domains.multispectral import WavelengthAdapter
+    from maekit.finetune.frozen import FrozenFeatureEvaluation
+    from maekit.finetune.probe import evaluation_loaders
+
+    root = tmp_path / "scenes"
+    assert cmd_sample_data([str(root), "--preset", "multisensor", "--per-class", "3", "--val-per-class", "1",
+                            "--size", "32", "--seed", "5"]) == 0
+    sources = "[{root: %s, sensor: naip}, {root: %s, sensor: sentinel2}, {root: %s, sensor: landsat8}]" % (
+        root / "naip", root / "sentinel2", root / "landsat8")
+    torch.manual_seed(3)
+    source = FrozenFeatureEvaluation(WavelengthAdapter(sensor=None, patch_size=4), size="nano", pooling="mean")
+    ckpt = _checkpoint(source, tmp_path / "w.ckpt", seed=4)
+    # batch 5 does not divide a sensor's 12 training chips: a plain loader would mix sensors
+    args = ["-c", str(CONFIGS / "multisensor" / "probe.yaml"), "--data.sources", sources, "--model.size", "nano",
+            "--model.adapter.init_args.patch_size", "4", "--data.num_workers", "0", "--data.batch_size", "5", "--model.pretrained", str(ckpt)]
+    models, datamodule, _ = probe_models(args)
+    train, test, split, _ = evaluation_loaders(datamodule)
+    batches = list(train)
+    assert all(len(set(b["path"])) == len(b["path"]) for b in batches)
+    for b in batches:  # every chip of a batch from its sensor's folder
+        assert all(Path(p).is_relative_to(root / b["sensor"]) for p in b["path"]), b["path"]
+    paths = [p for b in batches for p in b["path"]]
+    assert sorted(paths) == sorted(datamodule.train_dataloader().dataset[i]["path"]
+                                   for i in range(len(datamodule.train_dataloader().dataset)))
+    assert {b["sensor"] for b in batches} == {"naip", "sentinel2", "landsat8"}
+    features, labels, _ = extract(models["pretrained"], train, False, torch.device("cpu"))
+    assert len(features) == len(labels) == 36
+    assert labels.tolist() == [int(v) for b in batches for v in b["label"]]  # row i is sample i's label
+    out = tmp_path / "probe.json"
+    assert main(["probe", *args, "--labels_per_class", "1", "--seeds", "1", "--random_inits", "1",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_train"] == 36 and result["n_test"] == 12 and result["classes"] == 4 and split == "val"

@@ -204,7 +204,8 @@ def test_skeleton_pretrain_probe_finetune_and_coco17(tmp_path_factory: pytest.Te
 #: configs that read something other than `--data.root`
 DATA_ARGS = {"naip/pretrain_torchgeo.yaml": "--data.paths"}
 #: configs whose data option is more than a folder: (option, value with {tmp} for the folder)
-DATA_VALUES = {"multisensor/pretrain_mixed.yaml": ("--data.sources", "[{{root: {tmp}, sensor: naip}}]")}
+DATA_VALUES = {f"multisensor/{name}.yaml": ("--data.sources", "[{{root: {tmp}, sensor: naip}}]")
+               for name in ("pretrain_mixed", "probe")}
 SMALL = {"rgb", "mri"}  # tiny already: built at their shipped size
 #: what nano needs besides its size
 AT_NANO = {"ct/pretrain.yaml": ["--model.decoder_reads", "[1,2]"]}

@@ -258,9 +258,20 @@ def evaluation_loaders(datamodule: Any) -> tuple[DataLoader, DataLoader, str, li
     if not known:
         notes.append(f"{type(train_data).__name__}: maekit cannot switch off its augmentations (if any); "
                      "training samples are read as the training loader reads them")
-    train = DataLoader(train_data, batch_size=getattr(test, "batch_size", None) or 32, shuffle=False,
-                       num_workers=getattr(datamodule, "num_workers", 0),
-                       collate_fn=getattr(test, "collate_fn", None))
+    batch_size = getattr(test, "batch_size", None) or getattr(getattr(test, "batch_sampler", None), "batch_size", 32)
+    loader_args: dict[str, Any] = {"num_workers": getattr(datamodule, "num_workers", 0),
+                                   "collate_fn": getattr(test, "collate_fn", None)}
+    buckets = getattr(train_data, "buckets", None)
+    if callable(buckets):
+        # samples that may only be batched with their own kind (one sensor per batch): bucket by
+        # bucket, in order, as the datamodule's evaluation loaders do
+        from maekit.data.buckets import BucketBatchSampler
+
+        sampler = BucketBatchSampler(buckets(), batch_size, shuffle=False, rank=0, world=1)
+        train = DataLoader(train_data, batch_sampler=sampler,
+                           **loader_args)
+    else:
+        train = DataLoader(train_data, batch_size=batch_size, shuffle=False, **loader_args)
     return train, test, split, notes
 
 

@@ -2,8 +2,10 @@
 budget split, missing modalities absent) vs MONAI's `MaskedAutoEncoderViT` fed the 4 modalities
 as channels (one token per patch). Speed interleaved in one process; peak memory per model
 (CUDA: `max_memory_allocated`; CPU: peak resident memory of a fresh subprocess per model).
-maekit runs without and with `checkpoint_blocks` (activation checkpointing of its blocks);
-issue 15's targets (memory <= 0.6x MONAI's at time <= 1.3x) are read off the checkpointed run.
+maekit runs without and with `checkpoint_blocks` (activation checkpointing of its blocks), each
+as the Lightning module's training step runs it (`scored_only`); issue 15's targets (memory
+<= 0.6x MONAI's at time <= 1.3x, one configuration for both) are read off the fastest of the two
+that is within the memory goal.
 
     python benchmarks/mri_step.py                    # CPU, small width
     python benchmarks/mri_step.py --checkpoint-blocks off --mask-ratio 0.9375   # MONAI's visible count
@@ -49,7 +51,8 @@ def build(name: str, a: argparse.Namespace) -> Callable[[torch.Tensor, torch.Ten
 
         def step(volume: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
             with torch.autocast(**autocast):
-                loss = model({"image": volume, "modality_present": present}).loss
+                # as the Lightning module's training step: decode only what the loss needs
+                loss = model({"image": volume, "modality_present": present}, scored_only=True).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -164,9 +167,13 @@ def main() -> None:
         result[name] = {"ms": ms[name], "peak_mib": memory[name], "tokens": count, "visible": kept}
         lines.append(f"| {name} | {count} | {kept} | {ms[name]:.0f} | {ms[name] / ms['monai']:.2f} | "
                      f"{memory[name]:.0f} | {memory[name] / memory['monai']:.2f} |")
-    judged = ours[-1]
+    # one configuration must meet both goals: the fastest of maekit's runs within the memory
+    # goal (checkpointing only where it is needed for that), else the one with least memory
+    within = [name for name in ours if memory[name] / memory["monai"] <= 0.6]
+    judged = min(within, key=ms.__getitem__) if within else min(ours, key=memory.__getitem__)
     memory_ratio, time_ratio = memory[judged] / memory["monai"], ms[judged] / ms["monai"]
-    lines += ["", f"targets judged on `{judged}`: memory {memory_ratio:.2f}x MONAI's (goal <= 0.6x), "
+    why = "the fastest run within the memory goal" if within else "no run within the memory goal; least memory"
+    lines += ["", f"targets judged on `{judged}` ({why}): memory {memory_ratio:.2f}x MONAI's (goal <= 0.6x), "
                   f"time {time_ratio:.2f}x (goal <= 1.3x)"]
     markdown = "\n".join(lines)
     print(markdown)

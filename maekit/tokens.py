@@ -57,7 +57,14 @@ class Tokens:
     def gather(self, index: Tensor) -> Tokens:
         """Tokens at `index` (B, K), in that order (used to pick the visible tokens)."""
 
+        rows: Tensor | None = None
+
         def take(t: Tensor) -> Tensor:
+            nonlocal rows
+            if t.dim() > 2 and t.is_contiguous():  # whole rows: one index_select, several times a gather's speed
+                if rows is None:
+                    rows = (index + torch.arange(index.shape[0], device=index.device)[:, None] * t.shape[1]).reshape(-1)
+                return t.reshape(-1, *t.shape[2:]).index_select(0, rows).view(*index.shape, *t.shape[2:])
             idx = index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
             return torch.gather(t, 1, idx)
 
@@ -156,6 +163,23 @@ class DomainAdapter(nn.Module, ABC):
     @abstractmethod
     def loss(self, pred: Tensor, target: Tensor, tokens: Tokens) -> Tensor:
         """(B, N) per-token loss, fp32."""
+
+    @property
+    def per_token_loss(self) -> bool:
+        """Whether `target` and `loss` treat each token on its own (no token's score reads
+        another token), so scoring a gathered subset of tokens (`Tokens.gather`) gives the
+        gathered scores of all: the MAE's training step then scores the masked tokens alone.
+        False, always safe, unless an adapter says so."""
+        return False
+
+    def head_loss(self, features: Tensor, head: nn.Linear, tokens: Tokens, index: Tensor,
+                  weight: Tensor) -> Tensor | None:
+        """sum over (B, M) of `weight` times the per-token loss of `head(features)` (features
+        (B, M, D)) against the tokens at `index` (B, M), computed in one pass without the
+        (B, M, P) predictions; rows of weight 0 are left out entirely. None when the adapter has
+        no such path here (the MAE then applies the head and `loss`). Only asked of adapters
+        with `per_token_loss`."""
+        return None
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
         """Map predictions back to token values (undo a per-token target normalisation, using

@@ -439,7 +439,7 @@ def test_fsdp_checkpointed_resumes_and_writes_sharded_checkpoints_that_export(
     # nano's encoder blocks + the decoder's one block, each recomputed in backward
     blocks = len(_weights(_last(runs["tmp"] / "single")).keys() & {f"mae.encoder.blocks.{i}.norm1.weight"
                                                                  for i in range(64)}) + 1
-    assert all(r["checkpoint_wrapped"] == ["Block"] * blocks for r in sharded + again), sharded[0]["checkpoint_wrapped"]
+    assert all(r["checkpoint_wrapped"] == ["QueryBlock"] * blocks for r in sharded + again), sharded[0]["checkpoint_wrapped"]
     assert "Restored all states" in runs["out"]["sharded"] and "Restored all states" in runs["out"]["sharded_again"]
     assert runs["sharded_code"] == -signal.SIGKILL, runs["out"]["sharded"][-3000:]
     # the first step after resuming (restored weights, same batch and mask, checkpointed blocks

@@ -304,3 +304,25 @@ def test_small_temporal_config_trains_through_the_cli(tmp_path: Path, monkeypatc
                  "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"])
     assert code in (0, None)
     assert list((tmp_path / "runs" / "temporal_pretrain_small").rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize("groups", ["one", "two"])
+def test_encoder_sees_the_temporal_embedding_of_the_visible_tokens(groups: str) -> None:
+    """What the MAE encoder is fed (`embed_visible`) is the adapter's own `embed` (frame, scaled
+    date and location codes included) at the visible tokens, with one band group or several."""
+    seed = int(torch.randint(0, 2**31, ()))
+    g = torch.Generator().manual_seed(seed)
+    bands = ["R", "G", "B", "N"]
+    adapter = TemporalMultispectralAdapter(bands=bands, groups=[bands] if groups == "one" else [bands[:3], bands[3:]],
+                                           patch_size=4, location_encoding=True)
+    adapter.build(32)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(generator=g)
+    batch = {"image": torch.rand(2, 3, 4, 16, 16, generator=g), "dates": torch.randint(1, 300, (2, 3, 2), generator=g),
+             "latlon": torch.stack([38 + torch.rand(2, generator=g), -100 + torch.rand(2, generator=g)], -1)}
+    tokens = adapter.tokenize(batch)
+    visible = RandomMasking(0.75)(tokens)
+    got, _ = adapter.embed_visible(tokens, visible.index)
+    want = torch.gather(adapter.embed(tokens), 1, visible.index[..., None].expand(-1, -1, 32))
+    torch.testing.assert_close(got, want)

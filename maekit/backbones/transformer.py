@@ -93,7 +93,7 @@ class TransformerStack(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 0 else []
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=norm)
+            QueryBlock(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=norm)
             for rate in rates
         )
         self.norm = norm(width)
@@ -138,10 +138,11 @@ class TransformerStack(nn.Module):
             inputs = x if pos is None else x + pos
             if query_index is not None and i == len(self.blocks):
                 index = query_index + p if p else query_index
+                # through the block's own call, so wrappers (FSDP's unsharding) see it
                 if recompute:
-                    x = checkpoint(_block_at, block, inputs, index, mask, use_reentrant=False)
+                    x = checkpoint(block, inputs, attn_mask=mask, query_index=index, use_reentrant=False)
                 else:
-                    x = _block_at(block, inputs, index, mask)
+                    x = block(inputs, attn_mask=mask, query_index=index)
                 return self.norm(x)
             if recompute:
                 x = checkpoint(block, inputs, attn_mask=mask, use_reentrant=False)
@@ -155,6 +156,20 @@ class TransformerStack(nn.Module):
         return (x, taken) if collect else x
 
 
+class QueryBlock(Block):
+    """timm's `Block` (same parameters and state-dict keys) that can also return its outputs at
+    some tokens only: `block(x, attn_mask, query_index=index)` is `block(x, attn_mask)` gathered
+    at `index` (B, M), computed for those queries alone (see `_block_at`)."""
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                query_index: Tensor | None = None) -> Tensor:
+        if query_index is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if is_causal:
+            raise ValueError("query_index takes no is_causal")
+        return _block_at(self, x, query_index, attn_mask)
+
+
 def _block_at(block: nn.Module, x: Tensor, index: Tensor, attn_mask: Tensor | None) -> Tensor:
     """timm `Block`'s output at the tokens `index` (B, M) only, (B, M, D): the same arithmetic as
     `block(x)` followed by a gather, with queries, attention output, projection and MLP computed
@@ -162,7 +177,7 @@ def _block_at(block: nn.Module, x: Tensor, index: Tensor, attn_mask: Tensor | No
     take = index[..., None].expand(-1, -1, x.shape[-1])
     attn = block.attn
     if getattr(attn, "gate", None) is not None or not getattr(attn, "fused_attn", False):
-        return torch.gather(block(x, attn_mask=attn_mask), 1, take)  # a variant this does not mirror
+        return torch.gather(Block.forward(block, x, attn_mask=attn_mask), 1, take)  # a variant this does not mirror
     b, n, _ = x.shape
     m, heads, head_dim = index.shape[1], attn.num_heads, attn.head_dim
     width = heads * head_dim

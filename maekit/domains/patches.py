@@ -271,17 +271,43 @@ class PatchGridAdapter(DomainAdapter):
         return x + pos.to(x.dtype) + self.group_embed(tokens.group).to(x.dtype)
 
     def embed_visible(self, tokens: Tokens, index: Tensor) -> tuple[Tensor, Tensor | None]:
-        """With one group of channels, project only the visible patches (gathered first): the
-        same values as embedding all and gathering, at a quarter of the cost at mask 0.75."""
-        if len(self.present_groups) != 1:  # per-group projections: embed all, then gather
+        """Project only the visible patches: the same values as embedding all and gathering, at
+        a quarter of the cost at mask 0.75. With several groups (modalities, band groups) each
+        group's projection runs on the visible tokens of that group alone. A subclass that
+        embeds or places tokens its own way (time series) embeds all and gathers."""
+        cls = type(self)
+        if cls.embed is not PatchGridAdapter.embed or cls.encode_position is not PatchGridAdapter.encode_position:
             return super().embed_visible(tokens, index)
-        g = self.present_groups[0]
-        values = torch.gather(tokens.values, 1, index[..., None].expand(-1, -1, tokens.values.shape[-1]))
-        coords = torch.gather(tokens.coords, 1, index[..., None].expand(-1, -1, tokens.coords.shape[-1]))
-        x = self.patch_embed[g](values[..., : self.group_width[g]])
+        take = index[..., None]
+        coords = torch.gather(tokens.coords, 1, take.expand(-1, -1, tokens.coords.shape[-1]))
+        if len(self.present_groups) == 1:
+            g = self.present_groups[0]
+            values = torch.gather(tokens.values, 1, take.expand(-1, -1, tokens.values.shape[-1]))
+            x = self.patch_embed[g](values[..., : self.group_width[g]])
+            group_term = self.group_embed.weight[g]  # one group: every token's row is the same
+        else:
+            x = self._embed_rows_by_group(tokens, index)
+            group_term = self.group_embed(torch.gather(tokens.group, 1, index))
         pos = self.pos_table(coords) if self.position == "learned" else self.encode_position(coords, x.shape[-1])
-        # one group: every token's group embedding is the same row
-        return x + pos.to(x.dtype) + self.group_embed.weight[g].to(x.dtype), None
+        return x + pos.to(x.dtype) + group_term.to(x.dtype), None
+
+    def _embed_rows_by_group(self, tokens: Tokens, index: Tensor) -> Tensor:
+        """(B, K, D) patch projections of the tokens at `index`, each through its own group's
+        layer: the rows of each group are picked from the flattened batch, projected and put back
+        in place, so no token is projected twice and no masked token at all."""
+        batch_size, num, size = tokens.values.shape
+        rows = (index + torch.arange(batch_size, device=index.device)[:, None] * num).reshape(-1)
+        flat_values = tokens.values.reshape(batch_size * num, size)
+        flat_group = tokens.group.reshape(-1)[rows]
+        x: Tensor | None = None
+        for g in self.present_groups:
+            where = (flat_group == g).nonzero().squeeze(1)
+            part = self.patch_embed[g](flat_values[rows[where], : self.group_width[g]])
+            if x is None:
+                x = part.new_zeros(rows.shape[0], part.shape[-1])
+            x = x.index_copy(0, where, part)
+        assert x is not None
+        return x.reshape(*index.shape, -1)
 
     def encode_position(self, coords: Tensor, dim: int) -> Tensor:
         return sincos_embedding(coords, dim)
@@ -319,6 +345,35 @@ class PatchGridAdapter(DomainAdapter):
         loss = nn.functional.l1_loss if self.pixel_loss == "l1" else nn.functional.mse_loss
         error = loss(pred, target, reduction="none")
         return (error * m).sum(-1) / m.sum(-1)
+
+    @property
+    def per_token_loss(self) -> bool:
+        # targets (norm-pix statistics included) and losses here are per token; a subclass that
+        # computes either differently (per frame, per band) does not inherit the claim
+        cls = type(self)
+        return cls.target is PatchGridAdapter.target and cls.loss is PatchGridAdapter.loss
+
+    def head_loss(self, features: Tensor, head: nn.Linear, tokens: Tokens, index: Tensor,
+                  weight: Tensor) -> Tensor | None:
+        """On CPU with equal-width groups: the prediction head, the target (norm-pix included)
+        and the error of the tokens at `index`, a cache-sized block of rows at a time, in fp32,
+        with the gradients made on the way. Neither predictions, targets nor their gradients
+        exist at full size (for 16^3 MRI tokens each is as large as the scored part of the
+        input), and nothing is recomputed. Elsewhere None (the MAE applies the head and `loss`:
+        one large matmul is what a GPU wants)."""
+        if features.device.type != "cpu" or not self._uniform_width or head.bias is None:
+            return None
+        batch_size, num, size = tokens.values.shape
+        flat_weight = weight.reshape(-1)
+        keep = (flat_weight > 0).nonzero().squeeze(1)  # scored rows only: padding never enters
+        rows = (index + torch.arange(batch_size, device=index.device)[:, None] * num).reshape(-1)[keep]
+        rows_features = features.reshape(-1, features.shape[-1]).index_select(0, keep)
+        inputs = (rows_features, head.weight, head.bias)
+        make_grads = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        with torch.autocast(device_type="cpu", enabled=False):
+            return _HeadLoss.apply(rows_features.float(), head.weight.float(), head.bias.float(),
+                                   tokens.values.reshape(batch_size * num, size), rows,
+                                   flat_weight[keep].float(), self.norm_pix_loss, self.pixel_loss == "l1", make_grads)
 
     def values_from_prediction(self, pred: Tensor, tokens: Tokens) -> Tensor:
         if self.norm_pix_loss:
@@ -374,3 +429,53 @@ class _TokenError(torch.autograd.Function):
             error.mul_(scale * 2)
         return (error if ctx.needs_input_grad[0] else None,
                 -error if ctx.needs_input_grad[1] else None, None)
+
+
+class _HeadLoss(torch.autograd.Function):
+    """sum_r weight_r * mean_p |pred_rp - target_rp|^q (q = 2, or 1 for L1) of the head's
+    predictions `features @ weight.T + bias` (R, P) against the (norm-pix) targets of the token
+    rows `rows` of `values`, a block of rows at a time. Forward also makes the gradients (as a
+    fused linear + cross-entropy does): a block's predictions, targets and their gradient exist
+    only while that block is worked on (about 1 MiB), never at (R, P), and backward only scales
+    them. Three matmuls of the head in all, as a plain forward and backward take."""
+
+    BLOCK = 1 << 18  # values per block
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, weight: Tensor, bias: Tensor, values: Tensor,  # type: ignore[override]
+                rows: Tensor, row_weight: Tensor, norm: bool, l1: bool, make_grads: bool) -> Tensor:
+        size = values.shape[-1]
+        loss = features.new_zeros(())
+        grad_features = torch.empty_like(features) if make_grads else None
+        grad_weight = torch.zeros_like(weight) if make_grads else None
+        grad_bias = torch.zeros_like(bias) if make_grads else None
+        step = max(1, _HeadLoss.BLOCK // max(size, 1))
+        for first in range(0, rows.shape[0], step):
+            block = slice(first, first + step)
+            target = values.index_select(0, rows[block]).float()
+            if norm:  # as `PatchGridAdapter.target`: each token by its own mean and unbiased variance
+                mean = target.mean(-1, keepdim=True)
+                var = (target - mean).square().sum(-1, keepdim=True) / max(size - 1, 1)
+                target = (target - mean) / (var + 1e-6).sqrt()
+            error = torch.sub(bias, target).addmm_(features[block], weight.t())  # prediction - target
+            w = row_weight[block, None]
+            # per-row sum |e| or sum e^2 in one pass, without an |e| or e^2 copy of the block
+            per_row = torch.linalg.vector_norm(error, 1.0 if l1 else 2.0, dim=-1, keepdim=True)
+            loss += ((per_row if l1 else per_row.square()) * w).sum() / size
+            if make_grads:  # d loss / d prediction, then through the head
+                d = error.sign_().mul_(w / size) if l1 else error.mul_(w * (2.0 / size))
+                torch.mm(d, weight, out=grad_features[block])  # type: ignore[index]
+                grad_weight.addmm_(d.t(), features[block])  # type: ignore[union-attr]
+                grad_bias += d.sum(0)  # type: ignore[operator]
+        ctx.grads = (grad_features, grad_weight, grad_bias)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        made = ctx.grads
+        ctx.grads = None
+        if made[0] is None:
+            raise RuntimeError("_HeadLoss was run without make_grads; its backward has nothing to scale")
+        out = [g * grad if need else None for g, need in zip(made, ctx.needs_input_grad[:3])]
+        return (*out, None, None, None, None, None, None)

@@ -132,9 +132,11 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder(x, visible.valid, collect=tuple(self.decoder_reads), pos=pos)
 
     def forward_decoder(self, latent: Tensor, tokens: Tokens, visible: Visible,
-                        levels: list[Tensor] | None = None, query_index: Tensor | None = None) -> Tensor:
+                        levels: list[Tensor] | None = None, query_index: Tensor | None = None,
+                        head: bool = True) -> Tensor:
         """(B, N, P) predictions for every position, visible or not, present or not; with
-        `query_index` (B, M) the (B, M, P) predictions at those positions only (plain decoder)."""
+        `query_index` (B, M) the (B, M, P) predictions at those positions only (plain decoder).
+        `head=False` returns the decoder's features (B, N or M, D_dec) before the prediction head."""
         batch, num = tokens.present.shape
         y = self.decoder_embed(latent)
         mask_token = self.mask_token.to(y.dtype)
@@ -147,29 +149,30 @@ class MaskedAutoencoder(nn.Module):
         if self.decoder_reads:
             if query_index is not None:
                 raise ValueError("query_index needs the plain decoder (no decoder_reads)")
-            return self.decoder_pred(self.decoder(full, levels, visible.valid))
-        if query_index is not None:
-            return self.decoder_pred(self.decoder(full, query_index=query_index))
-        return self.decoder_pred(self.decoder(full))
+            features = self.decoder(full, levels, visible.valid)
+        elif query_index is not None:
+            features = self.decoder(full, query_index=query_index)
+        else:
+            features = self.decoder(full)
+        return self.decoder_pred(features) if head else features
 
     def forward(self, batch: dict[str, Any], visible: Visible | None = None, scored_only: bool = False) -> MAEOutput:
         """Tokenize, mask, encode, decode and score one batch.
 
-        `scored_only`: decode only what the loss needs where the batch allows it (the plain
-        decoder, every sample with the same visible count): the decoder's last block, its
-        prediction head and the loss run on the masked tokens alone. The loss and its gradients
+        `scored_only`: decode only what the loss needs where the model allows it (the plain
+        decoder): the decoder's last block, its prediction head and the loss run on the scored
+        tokens alone (see `_decoded_alone`). The loss and its gradients
         are those of the full pass; `pred` and `per_token` are then computed when first read."""
         tokens = self.adapter.tokenize(batch)
         if visible is None:
             visible = self.masking(tokens)
         latent, levels = self.forward_encoder(tokens, visible)
-        if not (scored_only and visible.valid is None and not self.decoder_reads):
+        hidden = self._decoded_alone(tokens, visible) if scored_only and not self.decoder_reads else None
+        if hidden is None:
             pred32, per_token, loss = self._score(self.forward_decoder(latent, tokens, visible, levels), tokens, visible)
             return MAEOutput(loss=loss, per_token=per_token, pred=pred32, tokens=tokens, visible=visible)
-        num, kept = visible.mask.shape[1], visible.index.shape[1]
-        hidden = visible.mask.to(torch.uint8).argsort(dim=1, stable=True)[:, : num - kept]  # (B, N - K) not visible
-        pred = self.forward_decoder(latent, tokens, visible, levels, query_index=hidden)
-        _, _, loss = self._score(pred, tokens, visible, hidden)
+        features = self.forward_decoder(latent, tokens, visible, levels, query_index=hidden, head=False)
+        loss = self._scored_loss(features, tokens, visible, hidden)
 
         def full() -> tuple[Tensor, Tensor]:
             pred32, per_token, _ = self._score(self.forward_decoder(latent, tokens, visible, levels), tokens, visible)
@@ -177,19 +180,55 @@ class MaskedAutoencoder(nn.Module):
 
         return MAEOutput(loss=loss, tokens=tokens, visible=visible, full=full)
 
-    def _score(self, pred: Tensor, tokens: Tokens, visible: Visible,
-               hidden: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(fp32 predictions, per-token loss, loss) of `pred`: (B, N, P) at every position, or
-        (B, M, P) at the positions `hidden` (B, M) (the others, never scored, are given the
-        target, so the adapter's per-token loss still sees the (B, N, P) layout it takes)."""
+    @staticmethod
+    def _decoded_alone(tokens: Tokens, visible: Visible) -> Tensor | None:
+        """(B, M) the positions a scored-only pass decodes, or None when nothing is scored. With
+        the same visible count in every sample: the M = N - K hidden ones. With padded visible
+        sets (samples keep different counts: absent modalities, nodata): each sample's scored
+        tokens (masked and present) first, padded to the largest count with unscored ones,
+        which the loss leaves out."""
+        if visible.valid is None:
+            num, kept = visible.mask.shape[1], visible.index.shape[1]
+            return visible.mask.to(torch.uint8).argsort(dim=1, stable=True)[:, : num - kept] if num > kept else None
+        scored = tokens.present & ~visible.mask
+        count = int(scored.sum(1).max())
+        return (~scored).to(torch.uint8).argsort(dim=1, stable=True)[:, :count] if count else None
+
+    def _score(self, pred: Tensor, tokens: Tokens, visible: Visible) -> tuple[Tensor, Tensor, Tensor]:
+        """(fp32 predictions, per-token loss, loss) of `pred` (B, N, P) at every position."""
         with torch.autocast(device_type=pred.device.type, enabled=False):
             pred32 = pred.float()
-            target = self.adapter.target(tokens)
-            if hidden is not None:
-                pred32 = target.scatter(1, hidden[..., None].expand(-1, -1, target.shape[-1]), pred32)
-            per_token = self.adapter.loss(pred32, target, tokens)
+            per_token = self.adapter.loss(pred32, self.adapter.target(tokens), tokens)
             scored = tokens.present & ~visible.mask
             # never NaN: a batch with nothing masked scores 0 (and gives zero gradients), and
             # whatever the decoder says at unscored positions cannot leak in through 0 * NaN
             loss = torch.where(scored, per_token, 0.0).sum() / scored.sum().clamp(min=1)
         return pred32, per_token, loss
+
+    def _scored_loss(self, features: Tensor, tokens: Tokens, visible: Visible, hidden: Tensor) -> Tensor:
+        """The loss of the decoder's features (B, M, D_dec) at the positions `hidden` (B, M): the
+        same value as `_score` of a full pass. An adapter whose targets and losses are per token
+        (`per_token_loss`) scores the gathered tokens alone (through `head_loss`, the head and
+        loss in one pass, where it has one); for the others the predictions are laid into the
+        (B, N, P) layout the adapter takes."""
+        scored = tokens.present & ~visible.mask
+        count = scored.sum().clamp(min=1)
+        if self.adapter.per_token_loss:
+            weight = torch.gather(scored, 1, hidden)
+            loss = self.adapter.head_loss(features, self.decoder_pred, tokens, hidden, weight / count)
+            if loss is not None:
+                return loss
+            picked = tokens.gather(hidden)
+            pred = self.decoder_pred(features)
+            with torch.autocast(device_type=pred.device.type, enabled=False):
+                per_token = self.adapter.loss(pred.float(), self.adapter.target(picked), picked)
+        else:
+            pred = self.decoder_pred(features)
+            with torch.autocast(device_type=pred.device.type, enabled=False):
+                pred32 = pred.float()
+                # unscored positions predict 0 (a finite value the loss leaves out); the head's
+                # width may differ from the target's (a wavelength-conditioned head)
+                filled = pred32.new_zeros(*scored.shape, pred32.shape[-1]).scatter(
+                    1, hidden[..., None].expand(-1, -1, pred32.shape[-1]), pred32)
+                per_token, weight = self.adapter.loss(filled, self.adapter.target(tokens), tokens), scored
+        return torch.where(weight, per_token.float(), 0.0).sum() / count

@@ -13,6 +13,19 @@ from maekit.pretrain import GroupDirichletMasking, RandomMasking
 from maekit.tokens import DomainAdapter, Tokens
 
 
+def _assert_same_adapter_gradients(adapter: torch.nn.Module, fast: torch.Tensor, slow: torch.Tensor) -> None:
+    """A random weighting of `fast` and of `slow` sends the same gradient to every parameter."""
+    weights = torch.randn_like(fast)
+    grads = []
+    for out in (fast, slow):
+        adapter.zero_grad(set_to_none=True)
+        (out * weights).sum().backward(retain_graph=True)
+        grads.append({n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("position", ["sincos", "learned"])
 @pytest.mark.parametrize("layout", ["one group", "two groups", "only the second of two groups"])
 def test_embedding_only_the_visible_tokens_equals_embedding_all_then_gathering(position: str, layout: str) -> None:
@@ -35,16 +48,7 @@ def test_embedding_only_the_visible_tokens_equals_embedding_all_then_gathering(p
     assert fast_pos is None and slow_pos is None
     assert fast.shape == slow.shape == (*visible.index.shape, adapter.embed_dim)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
-    # the same gradients reach every parameter
-    weights = torch.randn_like(fast)
-    grads = []
-    for out in (adapter.embed_visible(tokens, visible.index)[0], DomainAdapter.embed_visible(adapter, tokens, visible.index)[0]):
-        adapter.zero_grad(set_to_none=True)
-        (out * weights).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-4)
+    _assert_same_adapter_gradients(adapter, fast, slow)  # the same gradients reach every parameter
     assert isinstance(adapter, PatchGridAdapter)
 
 
@@ -85,15 +89,7 @@ def test_embedding_visible_modalities_of_cases_that_lack_some_equals_embedding_a
     fast, _ = adapter.embed_visible(tokens, visible.index)
     slow, _ = DomainAdapter.embed_visible(adapter, tokens, visible.index)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
-    weights = torch.randn_like(fast)
-    grads = []
-    for out in (fast, slow):
-        adapter.zero_grad(set_to_none=True)
-        (out * weights).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-4)
+    _assert_same_adapter_gradients(adapter, fast, slow)
 
 
 def test_tokens_gather_takes_each_samples_own_rows_in_order() -> None:
@@ -133,7 +129,7 @@ def test_head_loss_in_blocks_equals_head_then_target_then_loss(seed: int, monkey
     index = torch.stack([torch.randperm(tokens.num_tokens, generator=g)[:m] for _ in range(tokens.batch_size)])
     features = torch.randn(tokens.batch_size, m, width, generator=g, requires_grad=True)
     weight = torch.rand(index.shape, generator=g) * (torch.rand(index.shape, generator=g) < 0.7)
-    # blocks of a few rows, so a batch takes several (the default block is 1 MiB of values)
+    # blocks of a few rows, so a batch takes several (the default block is 2 MiB of values)
     monkeypatch.setattr(patches._HeadLoss, "BLOCK", adapter.token_size * rng.randint(1, 5))
     picked = tokens.gather(index)
     want = (adapter.loss(head(features), adapter.target(picked), picked) * weight).sum()

@@ -20,6 +20,19 @@ def _randomise(module: torch.nn.Module, generator: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
 
 
+def _assert_same_loss_and_gradients(model: MaskedAutoencoder, fast: torch.Tensor, full: torch.Tensor) -> None:
+    """`fast` and `full` (two losses of `model`) agree in value and in every parameter's gradient."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    want = torch.autograd.grad(full, params, allow_unused=True)
+    got = torch.autograd.grad(fast, params, allow_unused=True)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    for (name, _), a, b in zip(named, got, want):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_query_index_matches_full_stack_then_gather(seed: int) -> None:
     rng = random.Random(seed)
@@ -59,14 +72,7 @@ def test_scored_only_loss_gradients_and_lazy_outputs_match_the_full_pass(seed: i
     visible = model.masking(model.adapter.tokenize(batch))
     full = model(batch, visible=visible)
     fast = model(batch, visible=visible, scored_only=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    want = torch.autograd.grad(full.loss, params, allow_unused=True)
-    got = torch.autograd.grad(fast.loss, params, allow_unused=True)
-    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
-    for name, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad], got, want):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_gradients(model, fast.loss, full.loss)
     # the visible tokens' predictions do reach the full pass's outputs, computed on first read
     torch.testing.assert_close(fast.pred, full.pred, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast.per_token, full.per_token, rtol=1e-5, atol=1e-6)
@@ -123,15 +129,7 @@ def test_scored_only_with_padded_visible_sets_matches_the_full_pass(seed: int) -
     assert visible.valid is not None and not bool(visible.valid.all())  # the padded case is exercised
     full = model(batch, visible=visible)
     fast = model(batch, visible=visible, scored_only=True)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    want = torch.autograd.grad(full.loss, params, allow_unused=True)
-    got = torch.autograd.grad(fast.loss, params, allow_unused=True)
-    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
-    for name, a, b in zip(names, got, want):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_gradients(model, fast.loss, full.loss)
     torch.testing.assert_close(fast.pred, full.pred, rtol=1e-5, atol=1e-6)
 
 
@@ -184,11 +182,4 @@ def test_scored_only_for_an_adapter_that_scores_the_full_layout_matches_the_full
     assert visible.valid is not None
     full = model(batch, visible=visible)
     fast = model(batch, visible=visible, scored_only=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    want = torch.autograd.grad(full.loss, params, allow_unused=True)
-    got = torch.autograd.grad(fast.loss, params, allow_unused=True)
-    torch.testing.assert_close(fast.loss, full.loss, rtol=1e-5, atol=1e-6)
-    for a, b in zip(got, want):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    _assert_same_loss_and_gradients(model, fast.loss, full.loss)

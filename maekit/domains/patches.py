@@ -299,16 +299,14 @@ class PatchGridAdapter(DomainAdapter):
         rows = (index + torch.arange(batch_size, device=index.device)[:, None] * num).reshape(-1)
         flat_values = tokens.values.reshape(batch_size * num, size)
         flat_group = tokens.group.reshape(-1)[rows]
-        # the rows of each group, in one sort and one read of the counts (one host sync, not one per group)
-        order = flat_group.argsort(stable=True)
-        counts = torch.bincount(flat_group, minlength=self.num_groups).tolist()
-        parts = [(where, self.patch_embed[g](flat_values.index_select(0, rows[where])[:, : self.group_width[g]]))
-                 for g, where in enumerate(order.split(counts)) if len(where)]
-        if not parts:  # no visible slot at all
-            return flat_values.new_zeros(*index.shape, self.embed_dim)
-        x = parts[0][1].new_zeros(rows.shape[0], self.embed_dim)  # the projections' dtype (autocast)
-        for where, part in parts:
+        x: Tensor | None = None
+        for g in self.present_groups:
+            where = (flat_group == g).nonzero().squeeze(1)
+            part = self.patch_embed[g](flat_values[rows[where], : self.group_width[g]])
+            if x is None:
+                x = part.new_zeros(rows.shape[0], part.shape[-1])
             x = x.index_copy(0, where, part)
+        assert x is not None
         return x.reshape(*index.shape, -1)
 
     def encode_position(self, coords: Tensor, dim: int) -> Tensor:
